@@ -1,0 +1,95 @@
+"""Packaging for the FAT2019 audio-tagging pipeline.
+
+The protos in proto/ are compiled into pipeline/protos/ at build time (also for editable installs),
+so configs are real protobuf messages without a generated file in git. Exact versions of the whole
+dependency tree live in constraints.txt (install with `pip install -c constraints.txt -e .[test]`);
+the ranges here are what the code needs.
+"""
+import glob
+import os
+import re
+
+from setuptools import Command, find_packages, setup
+from setuptools.command.build_py import build_py
+from setuptools.command.develop import develop
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PROTO_DIR = os.path.join(HERE, "proto")
+OUT_DIR = os.path.join(HERE, "pipeline", "protos")
+
+
+def compile_protos():
+    """Compile proto/*.proto into pipeline/protos/*_pb2.py with relative imports between them."""
+    from grpc_tools import protoc  # build requirement (pyproject.toml)
+
+    protos = sorted(glob.glob(os.path.join(PROTO_DIR, "*.proto")))
+    for proto in protos:
+        args = ["protoc", f"-I{PROTO_DIR}", f"--python_out={OUT_DIR}", proto]
+        if protoc.main(args) != 0:
+            raise RuntimeError(f"protoc failed on {proto}")
+    for generated in glob.glob(os.path.join(OUT_DIR, "*_pb2.py")):
+        with open(generated, encoding="utf-8") as f:
+            text = f.read()
+        # protoc writes `import x_pb2` for imports between our protos; make them package-relative.
+        text = re.sub(r"^import (\w+_pb2) as", r"from . import \1 as", text, flags=re.M)
+        with open(generated, "w", encoding="utf-8") as f:
+            f.write(text)
+
+
+class BuildProtos(Command):
+    description = "compile proto/*.proto into pipeline/protos"
+    user_options = []
+
+    def initialize_options(self):
+        pass
+
+    def finalize_options(self):
+        pass
+
+    def run(self):
+        compile_protos()
+
+
+class BuildPy(build_py):
+    def run(self):
+        compile_protos()
+        super().run()
+
+
+class Develop(develop):
+    def run(self):
+        compile_protos()
+        super().run()
+
+
+setup(
+    name="fat-audio-pipeline",
+    version="0.1.0",
+    description="Freesound Audio Tagging 2019 as a TFX / Apache Beam / tf.data production pipeline",
+    long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10,<3.14",
+    packages=find_packages(include=["pipeline", "pipeline.*", "components", "components.*"]),
+    py_modules=["beam_runner"],
+    cmdclass={"build_protos": BuildProtos, "build_py": BuildPy, "develop": Develop},
+    install_requires=[
+        "tensorflow==2.21.0",
+        "tfx==1.21.0",
+        "apache-beam[gcp]==2.77.0",
+        "librosa==0.11.0",
+        "soundfile>=0.12",
+        "soxr>=0.5",
+        "numpy>=1.26,<3",
+        "pandas>=2.0,<3",
+        "scikit-learn==1.5.2",
+        "protobuf>=6.31.1,<7",
+        "matplotlib>=3.8",
+    ],
+    extras_require={"test": ["pytest>=8"]},
+    entry_points={
+        "console_scripts": [
+            "fatp-beam=beam_runner:main",
+            "fatp-demo-data=pipeline.demo_data:main",
+        ],
+    },
+)
