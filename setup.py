@@ -85,7 +85,7 @@ setup(
         "protobuf>=6.31.1,<7",
         "matplotlib>=3.8",
     ],
-    extras_require={"test": ["pytest>=8"]},
+    extras_require={"test": ["pytest>=8", "grpcio-tools==1.74.0"]},
     entry_points={
         "console_scripts": [
             "fatp-beam=beam_runner:main",

@@ -1,0 +1,79 @@
+"""Decoding any audio file into the mono float32 waveform the feature function expects.
+
+soundfile (libsndfile) reads wav, flac, ogg and the rest of what libsndfile knows, at any sample
+rate, 8/16/24/32-bit integer or float, any channel count. Channels are averaged (librosa's
+to_mono) and the result is resampled with soxr at its "HQ" quality, the resampler and quality
+librosa.load uses by default, so clips decode exactly as the seed kernel's librosa.load does.
+tensorflow-io is not used: it cannot load under TF 2.21 (BUILD_NOTES.md).
+
+Every way a file can be bad raises AudioError with a short machine-readable reason, which the Beam
+job turns into a dead-letter row.
+"""
+from __future__ import annotations
+
+import io
+import math
+import struct
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+
+class AudioError(ValueError):
+    """A clip that cannot become a waveform; `reason` is the dead-letter reason."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def check_wav_complete(data: bytes) -> None:
+    """Raise AudioError('truncated') when a RIFF/WAVE file holds fewer data bytes than it declares.
+
+    libsndfile quietly reads what is there, so a file cut short in transfer would otherwise become
+    a shorter clip without anyone noticing.
+    """
+    if len(data) < 12 or data[:4] not in (b"RIFF", b"RF64") or data[8:12] != b"WAVE":
+        return
+    pos = 12
+    while pos + 8 <= len(data):
+        chunk_id, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
+        if chunk_id == b"data":
+            if size != 0xFFFFFFFF and pos + 8 + size > len(data):  # RF64 stores the size elsewhere
+                raise AudioError("truncated", f"data chunk declares {size} bytes, file has {len(data) - pos - 8}")
+            return
+        pos += 8 + size + (size & 1)
+    raise AudioError("truncated", "WAV file has no data chunk")
+
+
+def decode(data: bytes, target_sr: int) -> tuple[np.ndarray, dict]:
+    """Bytes of an audio file -> (mono float32 waveform at target_sr, info about the source)."""
+    if not data:
+        raise AudioError("empty_file", "file has 0 bytes")
+    check_wav_complete(data)
+    try:
+        audio, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+        message = str(e).split(": ", 1)[-1]  # drop "Error opening <_io.BytesIO ...>"
+        raise AudioError("not_audio", f"soundfile cannot decode it: {message}") from None
+    frames, channels = audio.shape
+    info = {"source_sample_rate": int(sr), "source_channels": int(channels), "source_seconds": frames / float(sr)}
+    if frames == 0:
+        raise AudioError("zero_length", "audio has 0 samples")
+    if not np.isfinite(audio).all():
+        raise AudioError("non_finite", f"{int((~np.isfinite(audio)).sum())} NaN/Inf samples")
+    mono = audio.mean(axis=1, dtype=np.float32) if channels > 1 else audio[:, 0]
+    return resample(mono, int(sr), target_sr), info
+
+
+def resample(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """soxr HQ resampling with librosa.resample's output length, ceil(len * ratio)."""
+    if orig_sr == target_sr:
+        return np.ascontiguousarray(y, dtype=np.float32)
+    out = soxr.resample(y, orig_sr, target_sr, quality="HQ").astype(np.float32, copy=False)
+    n = int(math.ceil(len(y) * target_sr / orig_sr))
+    if len(out) >= n:
+        return out[:n]
+    return np.pad(out, (0, n - len(out)))

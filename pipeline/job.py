@@ -1,0 +1,244 @@
+"""The feature job: the Kaggle layout in, tf.Example TFRecords + dead letters + manifest out.
+
+`build()` wires the transforms into any Beam pipeline (the CLI in beam_runner.py, or a TFX
+component's executor); `run()` is the command line: it checks inputs and the output directory
+before starting workers, runs the pipeline, then reads the manifest back and exits non-zero when
+the job failed (too many bad rows, nothing written).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline import beam_transforms as bt
+from pipeline import config as config_lib
+from pipeline import kaggle_layout, output
+
+log = logging.getLogger("fatp.job")
+
+TRACKED_PACKAGES = ("fat-audio-pipeline", "tensorflow", "apache-beam", "tfx", "librosa", "soundfile", "soxr",
+                    "numpy", "protobuf")
+
+
+@dataclass
+class JobSpec:
+    """Everything the pipeline needs, resolved and validated by the driver."""
+    csv_path: str
+    audio_dir: str
+    output_dir: str
+    vocabulary: list[str]
+    cfg: config_lib.FeatureConfig
+    mode: str = "train"                      # "train": labelled, split train/eval; "test": unlabelled
+    eval_ratio: float = 0.1
+    max_error_ratio: float = 0.05
+    batch_size: int = 16
+    intra_op_threads: int = 0
+    inputs: dict = field(default_factory=dict)
+
+
+def _versions() -> dict:
+    out = {"python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _static_manifest(spec: JobSpec) -> dict:
+    """What the manifest says that is known before the pipeline runs (plain data: it is pickled)."""
+    return {
+        "mode": spec.mode,
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "inputs": spec.inputs,
+        "max_error_ratio": spec.max_error_ratio,
+        "eval_ratio": spec.eval_ratio if spec.mode == "train" else None,
+        "labels": {"file": output.LABELS, "count": len(spec.vocabulary)},
+        "dead_letters": output.DEAD_LETTERS,
+        "feature_config": config_lib.to_dict(spec.cfg),
+        "feature_config_text": config_lib.to_text(spec.cfg),
+        "example": {"mel_shape": list(config_lib.mel_shape(spec.cfg)), "compression": "GZIP"},
+        "versions": _versions(),
+    }
+
+
+def _write_manifest(_, shards: dict, dead: dict, input_rows: int, static: dict, output_dir: str) -> dict:
+    """The last write of a run: counts that reconcile, and the status that readers trust."""
+    written = sum(s["records"] for s in shards.values())
+    failed = dead["failed"]
+    ratio = failed / input_rows if input_rows else 1.0
+    status, reason = output.STATUS_COMPLETE, ""
+    if input_rows == 0:
+        status, reason = "failed", "the CSV has no data rows"
+    elif written == 0:
+        status, reason = "failed", "no example was written"
+    elif ratio > static["max_error_ratio"]:
+        status, reason = "failed", (f"{failed} of {input_rows} rows failed (error ratio {ratio:.3f} > "
+                                    f"--max_error_ratio {static['max_error_ratio']}); see {output.DEAD_LETTERS}")
+    if written + failed != input_rows:  # an invariant of the transforms; never expected
+        status, reason = "failed", f"counts do not reconcile: {written} written + {failed} failed != {input_rows} rows"
+    manifest = dict(static)
+    manifest.update({
+        "status": status,
+        "status_reason": reason,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "counts": {
+            "input_rows": input_rows,
+            "written": written,
+            "failed": failed,
+            "per_split": {k: v["records"] for k, v in shards.items()},
+            "failed_by_reason": dead["by_reason"],
+            "failed_by_stage": dead["by_stage"],
+        },
+        "error_ratio": ratio,
+        "splits": shards,
+    })
+    output.write_json(output.join(output_dir, output.MANIFEST), manifest)
+    return manifest
+
+
+def build(p: beam.Pipeline, spec: JobSpec) -> beam.PCollection:
+    """Add the job to pipeline `p`; returns the PCollection holding the written manifest."""
+    vocabulary = spec.vocabulary if spec.mode == "train" else None
+    rows = p | "ReadRows" >> bt.ReadRows(spec.csv_path, vocabulary)
+    feats = rows["rows"] | "ComputeFeatures" >> bt.ComputeFeatures(
+        spec.audio_dir, spec.cfg, spec.batch_size, spec.intra_op_threads)
+    shards = feats["mels"] | "WriteExamples" >> bt.WriteExamples(
+        spec.output_dir, spec.eval_ratio if spec.mode == "train" else None)
+    dead = ((rows[bt.DEAD], feats[bt.DEAD]) | "AllDead" >> beam.Flatten()
+            | "WriteDeadLetters" >> bt.WriteDeadLetters(output.join(spec.output_dir, output.DEAD_LETTERS)))
+    input_rows = ((rows["rows"], rows[bt.DEAD]) | "AllRows" >> beam.Flatten()
+                  | "CountRows" >> beam.combiners.Count.Globally())
+    return (p | "ManifestTrigger" >> beam.Create([None])
+            | "WriteManifest" >> beam.Map(_write_manifest, beam.pvalue.AsSingleton(shards),
+                                          beam.pvalue.AsSingleton(dead), beam.pvalue.AsSingleton(input_rows),
+                                          _static_manifest(spec), spec.output_dir))
+
+
+def arg_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="beam_runner.py",
+        description="Decode FAT2019-layout audio, compute normalized log-mels and write tf.Example TFRecords "
+                    "(train/eval split by a hash of fname), dead letters and a manifest. Flags this job does "
+                    "not know go to Beam's PipelineOptions, e.g. --runner=DirectRunner --direct_num_workers=2 "
+                    "--direct_running_mode=multi_processing, or DataflowRunner/FlinkRunner/SparkRunner flags.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--data_dir", help="Kaggle layout root: train_curated.csv, train_curated/, "
+                                       "sample_submission.csv, test/ (local path, gs:// or s3://)")
+    ap.add_argument("--output_dir", required=True, help="where TFRecords, labels.txt, dead_letters.jsonl and "
+                                                        "manifest.json go")
+    ap.add_argument("--mode", choices=["train", "test"], default="train",
+                    help="train: labelled rows of --csv split into train/eval; test: unlabelled clips listed in "
+                         "sample_submission.csv into a single 'test' split")
+    ap.add_argument("--csv", help="rows to read (default: DATA/train_curated.csv, or DATA/sample_submission.csv "
+                                  "in test mode)")
+    ap.add_argument("--audio_dir", help="folder of the clips (default: DATA/train_curated or DATA/test)")
+    ap.add_argument("--labels", help="label order: sample_submission.csv (its header) or labels.txt "
+                                     "(default: DATA/sample_submission.csv)")
+    ap.add_argument("--preset", choices=sorted(config_lib.PRESETS), default="seed",
+                    help="feature parameters: 'seed' = the Kaggle kernel's (636x128), 'small' = fast demo/tests")
+    ap.add_argument("--feature_config", help="a FeatureConfig text proto merged over --preset")
+    ap.add_argument("--eval_ratio", type=float, default=0.1, help="share of clips in the eval split")
+    ap.add_argument("--max_error_ratio", type=float, default=0.05,
+                    help="fail the job (exit 1) when more than this share of rows are dead letters")
+    ap.add_argument("--batch_size", type=int, default=16, help="clips per call of the feature function")
+    ap.add_argument("--tf_threads", type=int, default=0,
+                    help="TensorFlow intra/inter-op threads per worker (0: TensorFlow's default)")
+    ap.add_argument("--overwrite", action="store_true", help="replace whatever is in --output_dir")
+    ap.add_argument("--log_level", default="INFO")
+    return ap
+
+
+def _resolve(args: argparse.Namespace) -> JobSpec:
+    def default(value, *parts):
+        if value:
+            return value
+        if not args.data_dir:
+            raise SystemExit(f"error: give --data_dir or --{parts[-1]}")
+        return output.join(args.data_dir, parts[0])
+
+    if not 0.0 <= args.eval_ratio < 1.0:
+        raise SystemExit("error: --eval_ratio must be in [0, 1)")
+    if not 0.0 <= args.max_error_ratio <= 1.0:
+        raise SystemExit("error: --max_error_ratio must be in [0, 1]")
+    if args.batch_size < 1:
+        raise SystemExit("error: --batch_size must be >= 1")
+    test = args.mode == "test"
+    csv_path = default(args.csv, "sample_submission.csv" if test else "train_curated.csv", "csv")
+    audio_dir = default(args.audio_dir, "test" if test else "train_curated", "audio_dir")
+    labels_path = default(args.labels, "sample_submission.csv", "labels")
+    cfg = (config_lib.load_text(args.feature_config, args.preset) if args.feature_config
+           else config_lib.feature_config(args.preset))
+    try:
+        vocabulary = kaggle_layout.load_vocabulary(labels_path)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: label vocabulary: {e}") from None
+    from apache_beam.io.filesystems import FileSystems
+    for what, path in (("--csv", csv_path), ("--audio_dir", audio_dir)):
+        if not FileSystems.exists(path):
+            raise SystemExit(f"error: {what} {path} does not exist")
+    return JobSpec(csv_path=csv_path, audio_dir=audio_dir, output_dir=args.output_dir, vocabulary=vocabulary,
+                   cfg=cfg, mode=args.mode, eval_ratio=args.eval_ratio, max_error_ratio=args.max_error_ratio,
+                   batch_size=args.batch_size, intra_op_threads=args.tf_threads,
+                   inputs={"csv": csv_path, "audio_dir": audio_dir, "labels": labels_path,
+                           "preset": args.preset, "feature_config": args.feature_config})
+
+
+def _pipeline_options(beam_args: list[str]) -> PipelineOptions:
+    if not any(a.startswith("--runner") for a in beam_args):
+        beam_args = ["--runner=DirectRunner", *beam_args]
+    return PipelineOptions(beam_args)
+
+
+def _summary(manifest: dict, seconds: float) -> str:
+    c = manifest["counts"]
+    splits = ", ".join(f"{k} {v}" for k, v in sorted(c["per_split"].items())) or "none"
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(c["failed_by_reason"].items())) or "none"
+    return (f"{c['input_rows']} rows -> {c['written']} examples ({splits}), {c['failed']} dead letters "
+            f"({reasons}) in {seconds:.1f} s ({c['written'] / max(seconds, 1e-9):.1f} clips/s)")
+
+
+def run(argv: list[str] | None = None) -> int:
+    args, beam_args = arg_parser().parse_known_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    spec = _resolve(args)
+    try:
+        output.prepare(spec.output_dir, args.overwrite)
+    except output.OutputError as e:
+        log.error("%s", e)
+        return 2
+    output.write_text(output.join(spec.output_dir, output.LABELS), "\n".join(spec.vocabulary) + "\n")
+    log.info("reading %s (%s mode), clips from %s, %d labels, features %s -> %s",
+             spec.csv_path, spec.mode, spec.audio_dir, len(spec.vocabulary), args.preset,
+             "x".join(map(str, config_lib.mel_shape(spec.cfg))))
+    t0 = time.time()
+    with beam.Pipeline(options=_pipeline_options(beam_args)) as p:
+        build(p, spec)
+    seconds = time.time() - t0
+    manifest = output.read_manifest(spec.output_dir)
+    if manifest is None:
+        log.error("the pipeline finished without writing %s", output.MANIFEST)
+        return 1
+    log.info("%s", _summary(manifest, seconds))
+    log.info("wrote %s", output.join(spec.output_dir, output.MANIFEST))
+    if manifest["status"] != output.STATUS_COMPLETE:
+        log.error("job failed: %s", manifest["status_reason"])
+        return 1
+    return 0
+
+
+def main() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.exit(run())
