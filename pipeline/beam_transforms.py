@@ -157,7 +157,7 @@ class ComputeFeatures(beam.PTransform):
         decoded = rows | "Decode" >> beam.ParDo(_DecodeAudio(self._audio_dir, self._cfg.sample_rate)).with_outputs(
             DEAD, main="clips")
         featurized = (decoded.clips
-                      | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self._batch_size)
+                      | "Batch" >> beam.BatchElements(min_batch_size=self._batch_size, max_batch_size=self._batch_size)
                       | "Features" >> beam.ParDo(_ComputeFeatures(config_lib.to_text(self._cfg), self._threads))
                       .with_outputs(DEAD, main="mels"))
         return {"mels": featurized.mels, DEAD: (decoded[DEAD], featurized[DEAD]) | "FlattenDead" >> beam.Flatten()}
@@ -170,8 +170,8 @@ class _WriteBundleFiles(beam.DoFn):
     renamed into place by `finalize_shards` once all bundles are done.
     """
 
-    def __init__(self, tmp_dir: str):
-        self._tmp_dir = tmp_dir
+    def __init__(self, tmp_dir: str, compression: str):
+        self._tmp_dir, self._compression = tmp_dir, compression
 
     def start_bundle(self):
         self._writers = {}
@@ -181,7 +181,7 @@ class _WriteBundleFiles(beam.DoFn):
         writer = self._writers.get(split)
         if writer is None:
             path = FileSystems.join(self._tmp_dir, f"{split}-{uuid.uuid4().hex}.tfrecord.gz")
-            writer = self._writers[split] = tfrecord.GzipTFRecordWriter(path)
+            writer = self._writers[split] = tfrecord.GzipTFRecordWriter(path, self._compression)
         writer.write(record)
         Metrics.counter(NAMESPACE, f"written_{split}").inc()
 
@@ -223,9 +223,9 @@ def finalize_shards(_, infos: list[dict], out_dir: str, tmp_dir: str) -> dict:
 class WriteExamples(beam.PTransform):
     """(Clip, mel) -> tf.Examples in GZIP TFRecord shards per split; outputs the shard summary."""
 
-    def __init__(self, out_dir: str, eval_ratio: float | None):
+    def __init__(self, out_dir: str, eval_ratio: float | None, compression: str = "fast"):
         super().__init__()
-        self._out_dir, self._eval_ratio = out_dir, eval_ratio
+        self._out_dir, self._eval_ratio, self._compression = out_dir, eval_ratio, compression
         self._tmp_dir = FileSystems.join(out_dir, "_tmp")
 
     def _keyed_example(self, clip_mel):
@@ -235,7 +235,7 @@ class WriteExamples(beam.PTransform):
 
     def expand(self, mels):
         infos = (mels | "Serialize" >> beam.Map(self._keyed_example)
-                 | "WriteBundles" >> beam.ParDo(_WriteBundleFiles(self._tmp_dir)))
+                 | "WriteBundles" >> beam.ParDo(_WriteBundleFiles(self._tmp_dir, self._compression)))
         return (mels.pipeline | "FinalizeTrigger" >> beam.Create([None])
                 | "Finalize" >> beam.Map(finalize_shards, beam.pvalue.AsList(infos), self._out_dir, self._tmp_dir))
 
