@@ -84,12 +84,16 @@ setup(
         "scikit-learn==1.5.2",
         "protobuf>=6.31.1,<7",
         "matplotlib>=3.8",
+        "tensorboard==2.21.0",
+        "google-crc32c>=1.5",
+        "psutil>=5.9",
     ],
     extras_require={"test": ["pytest>=8", "grpcio-tools==1.74.0"]},
     entry_points={
         "console_scripts": [
             "fatp-beam=beam_runner:main",
             "fatp-demo-data=pipeline.demo_data:main",
+            "fatp-train=pipeline.train:main",
         ],
     },
 )

@@ -1,9 +1,12 @@
-"""Feature configuration: presets, loading from text protos, and the values derived from it.
+"""Configs as protos: presets, loading from text protos, and the values derived from them.
 
-The proto (proto/feature_config.proto) carries the seed kernel's values as its defaults, so the
-"seed" preset is simply an empty message. The "small" preset keeps tests and the demo fast on
-two CPU cores. Everything that depends on the config (window length, frame count, fmax) is
-derived here, once, so the Beam job, the input pipeline and the serving graph cannot disagree.
+FeatureConfig (proto/feature_config.proto) carries the seed kernel's values as its defaults, so
+the "seed" feature preset is simply an empty message; "small" keeps tests and the demo fast on two
+CPU cores. Everything that depends on it (window length, frame count, fmax) is derived here, once,
+so the Beam job, the input pipeline and the serving graph cannot disagree.
+
+TrainerConfig (proto/trainer_config.proto) carries the project's measured defaults; its "seed"
+preset is the Kaggle kernel's recipe and "small" a tiny model for tests.
 """
 from __future__ import annotations
 
@@ -11,9 +14,11 @@ import json
 
 from google.protobuf import json_format, text_format
 
-from pipeline.protos import feature_config_pb2
+from pipeline.protos import feature_config_pb2, trainer_config_pb2
 
 FeatureConfig = feature_config_pb2.FeatureConfig
+TrainerConfig = trainer_config_pb2.TrainerConfig
+AugmentConfig = trainer_config_pb2.AugmentConfig
 
 _SMALL = """
 sample_rate: 16000
@@ -29,25 +34,55 @@ PRESETS = {
     "small": _SMALL,
 }
 
+TRAINER_PRESETS = {
+    "default": "",
+    # The Kaggle kernel: BiLSTM 256, softmax, Adam(0.005, beta_1=0.1, beta_2=0.001, amsgrad),
+    # batch 1024, up to 500 epochs, early stopping after 10 epochs without improvement.
+    "seed": """
+        model { lstm_units: 256 dense_units: 400 dropout: 0.2 head: SOFTMAX }
+        optimizer { name: "adam" learning_rate: 0.005 beta_1: 0.1 beta_2: 0.001 amsgrad: true clipnorm: 0 }
+        batch_size: 1024 epochs: 500 early_stopping_patience: 10
+    """,
+    "small": """
+        model { lstm_units: 8 dense_units: 16 }
+        batch_size: 8 epochs: 2 early_stopping_patience: 0 shuffle_buffer: 64 backup_every_steps: 0
+    """,
+}
+
+
+def _from_preset(message_cls, presets: dict, preset: str, overrides: str):
+    if preset not in presets:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(presets)}")
+    cfg = message_cls()
+    text_format.Parse(presets[preset], cfg)
+    if overrides:
+        text_format.Merge(overrides, cfg)
+    return cfg
+
 
 def feature_config(preset: str = "seed", overrides: str = "") -> FeatureConfig:
     """The preset's config with `overrides` (text-proto fields) merged on top."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    cfg = FeatureConfig()
-    text_format.Parse(PRESETS[preset], cfg)
-    if overrides:
-        text_format.Merge(overrides, cfg)
+    cfg = _from_preset(FeatureConfig, PRESETS, preset, overrides)
     validate(cfg)
     return cfg
 
 
-def load_text(path: str, preset: str = "seed") -> FeatureConfig:
-    """A FeatureConfig from a .pbtxt file, merged over `preset`."""
+def trainer_config(preset: str = "default", overrides: str = "") -> TrainerConfig:
+    cfg = _from_preset(TrainerConfig, TRAINER_PRESETS, preset, overrides)
+    validate_trainer(cfg)
+    return cfg
+
+
+def read_text(path: str) -> str:
     from apache_beam.io.filesystems import FileSystems
 
     with FileSystems.open(path) as f:
-        return feature_config(preset, f.read().decode("utf-8"))
+        return f.read().decode("utf-8")
+
+
+def load_text(path: str, preset: str = "seed") -> FeatureConfig:
+    """A FeatureConfig from a .pbtxt file, merged over `preset`."""
+    return feature_config(preset, read_text(path))
 
 
 def clip_samples(cfg: FeatureConfig) -> int:
@@ -87,12 +122,30 @@ def validate(cfg: FeatureConfig) -> None:
         raise ValueError("invalid FeatureConfig: " + "; ".join(problems))
 
 
-def to_text(cfg: FeatureConfig) -> str:
+def validate_trainer(cfg: TrainerConfig) -> None:
+    problems = []
+    if cfg.model.lstm_units <= 0 or cfg.model.dense_units <= 0:
+        problems.append("model.lstm_units and model.dense_units must be > 0")
+    if not 0 <= cfg.model.dropout < 1:
+        problems.append("model.dropout must be in [0, 1)")
+    if cfg.optimizer.name not in ("adam", "adamw", "sgd", "rmsprop"):
+        problems.append(f"optimizer.name {cfg.optimizer.name!r} is not adam, adamw, sgd or rmsprop")
+    if cfg.optimizer.learning_rate <= 0:
+        problems.append("optimizer.learning_rate must be > 0")
+    if cfg.batch_size <= 0 or cfg.epochs <= 0:
+        problems.append("batch_size and epochs must be > 0")
+    if cfg.augment.mixup_alpha < 0:
+        problems.append("augment.mixup_alpha must be >= 0")
+    if problems:
+        raise ValueError("invalid TrainerConfig: " + "; ".join(problems))
+
+
+def to_text(cfg) -> str:
     return text_format.MessageToString(cfg)
 
 
-def from_text(text: str) -> FeatureConfig:
-    return text_format.Parse(text, FeatureConfig())
+def from_text(text: str, message_cls=FeatureConfig):
+    return text_format.Parse(text, message_cls())
 
 
 def _with_defaults_set(msg):
@@ -106,8 +159,9 @@ def _with_defaults_set(msg):
     return out
 
 
-def to_dict(cfg: FeatureConfig) -> dict:
-    """Every field, defaults included, plus the derived shape: what the manifest records."""
+def to_dict(cfg) -> dict:
+    """Every field, defaults included (plus, for features, the derived shape): what manifests record."""
     d = json.loads(json_format.MessageToJson(_with_defaults_set(cfg), preserving_proto_field_name=True))
-    d["derived"] = {"clip_samples": clip_samples(cfg), "n_frames": n_frames(cfg), "fmax": fmax(cfg)}
+    if isinstance(cfg, FeatureConfig):
+        d["derived"] = {"clip_samples": clip_samples(cfg), "n_frames": n_frames(cfg), "fmax": fmax(cfg)}
     return d

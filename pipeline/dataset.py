@@ -1,0 +1,101 @@
+"""tf.data input over the Beam job's TFRecords: the same function feeds the standalone trainer
+and the TFX Trainer's run_fn.
+
+    files -> (shuffle files) -> parallel interleave of GZIP TFRecordDatasets -> (shuffle)
+          -> batch -> parse_example on whole batches -> multi-hot labels -> (augment) -> prefetch
+
+Parsing whole batches costs one parse_example call per batch instead of one per example.
+Training may read in non-deterministic order (faster); evaluation keeps the files' order.
+SpecAugment masks and mixup (AugmentConfig, off by default) apply to training batches only.
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+from pipeline import examples, output
+from pipeline.config import AugmentConfig
+
+
+def split_files(examples_dir: str, split: str) -> tuple[list[str], int]:
+    """The files of `split` listed by a complete manifest (never a glob over a partial output),
+    and their number of examples."""
+    manifest = output.require_complete(examples_dir)
+    info = manifest["splits"].get(split)
+    if not info or not info["records"]:
+        raise ValueError(f"{examples_dir}: split {split!r} has no examples (splits: {sorted(manifest['splits'])})")
+    return [output.join(examples_dir, f["path"]) for f in info["files"]], info["records"]
+
+
+def _parse_batch(serialized, mel_shape, num_classes):
+    parsed = tf.io.parse_example(serialized, examples.parse_spec(mel_shape))
+    labels = tf.sparse.to_indicator(parsed[examples.LABELS], num_classes)
+    return parsed[examples.MEL], tf.cast(labels, tf.float32)
+
+
+def spec_augment(mel: tf.Tensor, cfg: AugmentConfig, seed: tf.Tensor) -> tf.Tensor:
+    """Zero random time and frequency stripes of each example ([batch, frames, mels])."""
+    batch, frames, mels = tf.shape(mel)[0], tf.shape(mel)[1], tf.shape(mel)[2]
+    keep = tf.ones_like(mel)
+    for i, (count, width, axis, size) in enumerate(((cfg.time_masks, cfg.time_mask_max_frames, 1, frames),
+                                                     (cfg.freq_masks, cfg.freq_mask_max_bins, 2, mels))):
+        for j in range(count):
+            s = tf.random.experimental.stateless_split(seed + 97 * i + j, 2)
+            w = tf.random.stateless_uniform([batch], s[0], 0, width + 1, tf.int32)
+            start = tf.cast(tf.random.stateless_uniform([batch], s[1]) * tf.cast(size - w + 1, tf.float32), tf.int32)
+            pos = tf.range(size)[tf.newaxis, :]
+            stripe = (pos >= start[:, tf.newaxis]) & (pos < (start + w)[:, tf.newaxis])
+            stripe = tf.expand_dims(stripe, 2 if axis == 1 else 1)
+            keep = keep * (1.0 - tf.cast(stripe, mel.dtype))
+    return mel * keep
+
+
+def mixup(mel: tf.Tensor, labels: tf.Tensor, alpha: float, seed: tf.Tensor):
+    """Convex combinations of each example with a shuffled partner; labels mix the same way."""
+    s = tf.random.experimental.stateless_split(seed, 3)
+    g1 = tf.random.stateless_gamma([tf.shape(mel)[0]], s[0], alpha)
+    g2 = tf.random.stateless_gamma([tf.shape(mel)[0]], s[1], alpha)
+    lam = g1 / (g1 + g2)
+    perm = tf.argsort(tf.random.stateless_uniform([tf.shape(mel)[0]], s[2]))
+    mix = lambda a, l: l * a + (1.0 - l) * tf.gather(a, perm)  # noqa: E731
+    return mix(mel, lam[:, None, None]), mix(labels, lam[:, None])
+
+
+def make_dataset(files: list[str], mel_shape: tuple[int, int], num_classes: int, batch_size: int, *,
+                 training: bool, augment: AugmentConfig | None = None, shuffle_buffer: int = 2048,
+                 seed: int = 1234, num_examples: int | None = None) -> tf.data.Dataset:
+    """(mel [batch, frames, mels], multi-hot labels [batch, classes]) batches from TFRecord files.
+
+    `num_examples` (from the manifest) declares the number of batches, so Keras shows progress
+    from the first epoch and knows where an epoch ends."""
+    if not files:
+        raise ValueError("make_dataset needs at least one TFRecord file")
+    ds = tf.data.Dataset.from_tensor_slices(list(files))
+    if training:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
+                       cycle_length=min(len(files), 8), num_parallel_calls=tf.data.AUTOTUNE,
+                       deterministic=not training)
+    if training:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=False)
+    if num_examples is not None:
+        ds = ds.apply(tf.data.experimental.assert_cardinality(-(-num_examples // batch_size)))
+    ds = ds.map(lambda s: _parse_batch(s, mel_shape, num_classes), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=not training)
+    if training and augment is not None and (augment.time_masks or augment.freq_masks or augment.mixup_alpha):
+        ds = _augmented(ds, augment, seed)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _augmented(ds: tf.data.Dataset, cfg: AugmentConfig, seed: int) -> tf.data.Dataset:
+    def augment(step, batch):
+        mel, labels = batch
+        step_seed = tf.stack([tf.constant(seed, tf.int64), step])
+        if cfg.time_masks or cfg.freq_masks:
+            mel = spec_augment(mel, cfg, step_seed)
+        if cfg.mixup_alpha > 0:
+            mel, labels = mixup(mel, labels, cfg.mixup_alpha, step_seed + 1)
+        return mel, labels
+
+    # a counter gives each batch its own stateless seed: reproducible, no shared RNG state
+    return ds.enumerate().map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
