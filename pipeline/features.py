@@ -115,16 +115,42 @@ def _hann_window(n_fft: int) -> np.ndarray:
     return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)
 
 
+def _frame_range(window: tf.Tensor, cfg: FeatureConfig) -> tuple[tf.Tensor, tf.Tensor]:
+    """[lo, hi) of the centred-STFT frames that overlap a nonzero sample of `window` ([time])."""
+    n_fft, hop, pad = cfg.n_fft, cfg.hop_length, cfg.n_fft // 2
+    nonzero = tf.cast(tf.where(tf.not_equal(window, 0.0))[:, 0], tf.int32)
+    if_any = tf.size(nonzero) > 0
+    a = tf.where(if_any, tf.reduce_min(tf.concat([nonzero, [0]], 0)), 0)
+    b = tf.where(if_any, tf.reduce_max(tf.concat([nonzero, [0]], 0)), -1)
+    # frame f covers window[f*hop - pad, f*hop - pad + n_fft)
+    lo = tf.maximum(0, (a + pad - n_fft + 1 + hop - 1) // hop)
+    hi = tf.minimum(config_lib.n_frames(cfg), (b + pad) // hop + 1)
+    return lo, tf.where(if_any, tf.maximum(lo, hi), lo)
+
+
+def _mel_power(window: tf.Tensor, cfg: FeatureConfig) -> tf.Tensor:
+    """Mel power of one fixed-length window, [frames, n_mels].
+
+    Frames lying wholly in the zero padding around a short clip have power exactly 0, so their
+    STFT is skipped and zeros written: the work follows the clip's length, not the window's.
+    """
+    dtype = tf.float64 if cfg.float64_stft else tf.float32
+    n_fft, hop, pad = cfg.n_fft, cfg.hop_length, cfg.n_fft // 2
+    lo, hi = _frame_range(window, cfg)
+    x = tf.pad(window, [[pad, pad]])                                 # center=True, pad_mode="constant"
+    segment = x[lo * hop:(hi - 1) * hop + n_fft]
+    frames = tf.cast(frame(segment[tf.newaxis, :], n_fft, hop)[0], dtype)
+    spectrum = tf.signal.rfft(frames * tf.constant(_hann_window(n_fft), dtype), [n_fft])
+    power = tf.cast(tf.square(tf.math.real(spectrum)) + tf.square(tf.math.imag(spectrum)), tf.float32)
+    mel_basis = _mel_matrix(cfg.sample_rate, n_fft, cfg.n_mels, float(cfg.fmin), config_lib.fmax(cfg))
+    mel = tf.matmul(power, tf.constant(mel_basis))
+    return tf.pad(mel, [[lo, config_lib.n_frames(cfg) - hi], [0, 0]])
+
+
 def log_mel(window: tf.Tensor, cfg: FeatureConfig) -> tf.Tensor:
     """Log-mel power in dB of fixed-length windows, [batch, frames, n_mels]."""
-    dtype = tf.float64 if cfg.float64_stft else tf.float32
-    pad = cfg.n_fft // 2
-    x = tf.pad(window, [[0, 0], [pad, pad]])                         # center=True, pad_mode="constant"
-    frames = tf.cast(frame(x, cfg.n_fft, cfg.hop_length), dtype)
-    spectrum = tf.signal.rfft(frames * tf.constant(_hann_window(cfg.n_fft), dtype), [cfg.n_fft])
-    power = tf.cast(tf.square(tf.math.real(spectrum)) + tf.square(tf.math.imag(spectrum)), tf.float32)
-    mel_basis = _mel_matrix(cfg.sample_rate, cfg.n_fft, cfg.n_mels, float(cfg.fmin), config_lib.fmax(cfg))
-    mel = tf.matmul(power, tf.constant(mel_basis))
+    mel = tf.map_fn(lambda w: _mel_power(w, cfg), window,
+                    fn_output_signature=tf.TensorSpec([config_lib.n_frames(cfg), cfg.n_mels], tf.float32))
     db = 10.0 * (tf.math.log(tf.maximum(tf.constant(cfg.amin, tf.float32), mel)) / np.log(10.0))
     return tf.maximum(db, tf.reduce_max(db, axis=[1, 2], keepdims=True) - cfg.top_db)
 

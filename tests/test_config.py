@@ -18,7 +18,7 @@ def test_seed_preset_is_the_kernels_features():
     assert config.fmax(cfg) == 22050.0
     assert cfg.trim.enabled and cfg.trim.top_db == 60.0
     assert cfg.normalization == config.FeatureConfig.PER_CLIP_STANDARDIZE
-    assert not cfg.float64_stft
+    assert cfg.float64_stft  # librosa parity (1e-3 dB) by default
 
 
 def test_default_argument_is_seed():
@@ -114,7 +114,7 @@ def test_to_dict_has_defaults_and_derived_values():
     d = config.to_dict(config.feature_config("seed"))
     json.dumps(d)  # plain data
     assert d["sample_rate"] == 44100 and d["n_fft"] == 2560 and d["hop_length"] == 347
-    assert d["fmax"] == 0.0 and d["float64_stft"] is False
+    assert d["fmax"] == 0.0 and d["float64_stft"] is True
     assert d["normalization"] == "PER_CLIP_STANDARDIZE"
     assert d["trim"] == {"enabled": True, "top_db": 60.0, "frame_length": 2048, "hop_length": 512}
     assert d["derived"] == {"clip_samples": 220500, "n_frames": 636, "fmax": 22050.0}

@@ -7,10 +7,10 @@ import tensorflow as tf
 from pipeline import config, features
 from tests import seed_reference as ref
 
-SMALL = config.feature_config("small")
-SMALL64 = config.feature_config("small", "float64_stft: true")
-SEED = config.feature_config("seed")
-SEED64 = config.feature_config("seed", "float64_stft: true")
+SMALL = config.feature_config("small", "float64_stft: false")   # the opt-in float32 STFT
+SMALL64 = config.feature_config("small")                         # the default: float64 STFT
+SEED = config.feature_config("seed", "float64_stft: false")
+SEED64 = config.feature_config("seed")
 
 
 def tone_mix(rng, seconds, sr, n_tones=3):
@@ -150,17 +150,19 @@ def _log_mel_error(cfg, clips):
 
 @pytest.mark.parametrize("cfg,n_clips", [(SMALL64, 8), (SEED64, 3)], ids=["small", "seed"])
 def test_log_mel_float64_matches_librosa(cfg, n_clips):
-    """float64_stft: log-mel dB within 1e-4 dB of librosa (measured ~1e-5 dB), so well inside 1e-3."""
+    """The default float64 STFT: log-mel dB within 1e-4 dB of librosa (measured ~2e-5 dB), inside the
+    1e-3 dB the feature function is specified to."""
     err = _log_mel_error(cfg, random_clips(cfg, n_clips, seed=7))
     assert err < 1e-4
 
 
 @pytest.mark.parametrize("cfg,n_clips", [(SMALL, 8), (SEED, 3)], ids=["small", "seed"])
 def test_log_mel_float32_matches_librosa(cfg, n_clips):
-    """Default float32 STFT: within 1e-2 dB of librosa (measured ~2-3e-3 dB on tone mixtures).
+    """The opt-in float32 STFT (float64_stft: false): within 1e-2 dB of librosa (measured ~3e-3 dB
+    on tone mixtures, in bands 70-80 dB below a frame's peak).
 
-    float32 FFT and mel projection are the speed/accuracy trade-off: about 1.6x cheaper than the
-    float64 path on CPU, at an error far below anything a model can notice.
+    It is the speed/accuracy trade-off: ~1.4x cheaper per clip on CPU than the default float64
+    path, at an error far below anything a model can notice, but outside the 1e-3 dB spec.
     """
     err = _log_mel_error(cfg, random_clips(cfg, n_clips, seed=8))
     assert err < 1e-2
