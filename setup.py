@@ -94,6 +94,7 @@ setup(
             "fatp-beam=beam_runner:main",
             "fatp-demo-data=pipeline.demo_data:main",
             "fatp-train=pipeline.train:main",
+            "fatp-predict=pipeline.predict:main",
         ],
     },
 )

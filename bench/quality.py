@@ -54,18 +54,19 @@ def prepare(work: str) -> tuple[str, str]:
 
 
 def test_set(test_examples: str):
+    """Serialized test examples, their multi-hot truth and mels, all in the same order."""
     import tensorflow as tf
 
-    from pipeline import dataset, output
+    from pipeline import dataset, examples, output
 
-    files, n = dataset.split_files(test_examples, "train")
+    files, _ = dataset.split_files(test_examples, "train")
     manifest = output.require_complete(test_examples)
     with open(os.path.join(test_examples, "labels.txt")) as f:
         num_classes = sum(1 for line in f if line.strip())
-    ds = dataset.make_dataset(files, tuple(manifest["example"]["mel_shape"]), num_classes, 64, training=False)
     raw = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
-    truth = np.concatenate([y.numpy() for _, y in ds])
-    return raw, truth, ds
+    parsed = tf.io.parse_example(tf.constant(raw), examples.parse_spec(tuple(manifest["example"]["mel_shape"])))
+    truth = tf.sparse.to_indicator(parsed[examples.LABELS], num_classes).numpy().astype(np.float32)
+    return raw, truth, parsed[examples.MEL].numpy()
 
 
 def score_saved_model(path: str, raw: list[bytes]) -> np.ndarray:
@@ -75,8 +76,11 @@ def score_saved_model(path: str, raw: list[bytes]) -> np.ndarray:
     return np.concatenate([fn(examples=tf.constant(raw[i:i + 64]))["scores"].numpy() for i in range(0, len(raw), 64)])
 
 
-def train_recipe(name: str, examples: str, work: str, epochs: int, overrides: str) -> dict:
-    out = os.path.join(work, f"run-{name}")
+def train_recipe(name: str, examples: str, work: str, epochs: int, overrides: str, reuse: bool, tag: str) -> dict:
+    out = os.path.join(work, f"run-{name}{tag}")
+    if reuse and os.path.exists(os.path.join(out, "results.json")):
+        with open(os.path.join(out, "results.json")) as f:
+            return json.load(f)
     run(["rm", "-rf", out])
     preset = "seed" if name == "seed" else "default"
     run([sys.executable, "-m", "pipeline.train", "--examples", examples, "--work_dir", out, "--export_dir",
@@ -85,7 +89,7 @@ def train_recipe(name: str, examples: str, work: str, epochs: int, overrides: st
         return json.load(f)
 
 
-def mlp_baseline(examples: str, test_ds, truth: np.ndarray, epochs: int) -> dict:
+def mlp_baseline(examples: str, test_mels: np.ndarray, truth: np.ndarray, epochs: int) -> dict:
     """Mean, max and std of each band -> Dense 256 -> Dense 80 (sigmoid), Adam 1e-3."""
     import keras
     import tensorflow as tf
@@ -107,7 +111,7 @@ def mlp_baseline(examples: str, test_ds, truth: np.ndarray, epochs: int) -> dict
               callbacks=[keras.callbacks.EarlyStopping("val_lwlrap", mode="max", patience=10,
                                                        restore_best_weights=True)])
     seconds = time.time() - t0
-    scores = model.predict(test_ds.map(lambda x, y: pool(x)), verbose=0)
+    scores = model.predict(pool(tf.constant(test_mels)), verbose=0)
     return {"test_lwlrap": lwlrap.lwlrap(truth, scores), "train_seconds": seconds}
 
 
@@ -117,25 +121,28 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--recipes", default="default,seed,mlp")
     ap.add_argument("--set", default="", help="TrainerConfig overrides for the 'default' recipe (experiments)")
+    ap.add_argument("--reuse", action="store_true", help="score existing runs instead of training again")
+    ap.add_argument("--tag", default="", help="suffix of the run directories (experiments side by side)")
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     examples, test_examples = prepare(args.work_dir)
     from pipeline import lwlrap
 
-    raw, truth, test_ds = test_set(test_examples)
+    raw, truth, test_mels = test_set(test_examples)
     results = {"epochs": args.epochs, "test_clips": len(raw), "default_overrides": args.set}
     for name in args.recipes.split(","):
         if name == "mlp":
-            results[name] = mlp_baseline(examples, test_ds, truth, args.epochs)
+            results[name] = mlp_baseline(examples, test_mels, truth, args.epochs)
         else:
-            r = train_recipe(name, examples, args.work_dir, args.epochs, args.set if name == "default" else "")
+            r = train_recipe(name, examples, args.work_dir, args.epochs, args.set if name == "default" else "",
+                             args.reuse, args.tag)
             scores = score_saved_model(r["export_path"], raw)
             results[name] = {"test_lwlrap": lwlrap.lwlrap(truth, scores), "eval_lwlrap": r["eval_lwlrap"],
                              "train_seconds": r["train_seconds"], "epochs_run": r["epochs_run"],
                              "final_train_loss": r["history"]["loss"][-1]}
         print(name, json.dumps(results[name]), flush=True)
     os.makedirs(os.path.join(HERE, "out"), exist_ok=True)
-    with open(os.path.join(HERE, "out", "quality.json"), "w") as f:
+    with open(os.path.join(HERE, "out", f"quality{args.tag}.json"), "w") as f:
         json.dump(results, f, indent=1)
     print(f"{'recipe':10s} {'test lwlrap':>12s} {'train s':>9s} {'epochs':>7s}")
     for name in args.recipes.split(","):

@@ -56,7 +56,10 @@ def _from_preset(message_cls, presets: dict, preset: str, overrides: str):
     cfg = message_cls()
     text_format.Parse(presets[preset], cfg)
     if overrides:
-        text_format.Merge(overrides, cfg)
+        try:
+            text_format.Merge(overrides, cfg)
+        except text_format.ParseError as e:
+            raise ValueError(f"invalid {message_cls.__name__} text proto: {e}") from None
     return cfg
 
 

@@ -55,8 +55,9 @@ class ServingModule(tf.Module):
 
 def export_saved_model(model: keras.Model, feature_cfg: config_lib.FeatureConfig,
                        trainer_cfg: config_lib.TrainerConfig, labels_path: str, export_base: str,
-                       version: int | None = None) -> str:
-    """Write EXPORT_BASE/<version>/ and return its path.
+                       version: int | str | None = None) -> str:
+    """Write EXPORT_BASE/<version>/ and return its path (version: seconds since the epoch unless
+    given; TFX's run_fn gives the last part of its serving_model_dir).
 
     Locally the SavedModel is written under a temporary name and renamed, so TF Serving, which
     polls EXPORT_BASE for new versions, never sees half a model. Object stores have no atomic

@@ -213,10 +213,20 @@ def _summary(manifest: dict, seconds: float) -> str:
             f"({reasons}) in {seconds:.1f} s ({c['written'] / max(seconds, 1e-9):.1f} clips/s)")
 
 
+class _WorkerLogFilter(logging.Filter):
+    """DirectRunner's multi_processing mode relays every log line of its workers (gRPC channels,
+    harness start-up...) at INFO. Keep this project's lines and the workers' errors."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or "/pipeline/" in record.getMessage()
+
+
 def run(argv: list[str] | None = None) -> int:
     args, beam_args = arg_parser().parse_known_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    if args.log_level.upper() != "DEBUG":
+        logging.getLogger("apache_beam.runners.portability.local_job_service").addFilter(_WorkerLogFilter())
     spec = _resolve(args)
     try:
         output.prepare(spec.output_dir, args.overwrite)

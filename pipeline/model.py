@@ -50,17 +50,23 @@ def probabilities(logits: tf.Tensor, cfg: TrainerConfig) -> tf.Tensor:
     return tf.nn.softmax(logits, axis=-1) if cfg.model.head == SOFTMAX else tf.sigmoid(logits)
 
 
-def optimizer(cfg: TrainerConfig) -> keras.optimizers.Optimizer:
+def optimizer(cfg: TrainerConfig, total_steps: int | None = None) -> keras.optimizers.Optimizer:
+    """The configured optimizer; a COSINE schedule decays over `total_steps` (needed then)."""
     o = cfg.optimizer
     clip = {"clipnorm": o.clipnorm} if o.clipnorm > 0 else {}
+    lr = o.learning_rate
+    if o.schedule == trainer_config_pb2.OptimizerConfig.COSINE:
+        if not total_steps:
+            raise ValueError("a COSINE learning-rate schedule needs the number of training steps")
+        lr = keras.optimizers.schedules.CosineDecay(o.learning_rate, decay_steps=total_steps)
     if o.name == "adam":
-        return keras.optimizers.Adam(o.learning_rate, beta_1=o.beta_1, beta_2=o.beta_2, amsgrad=o.amsgrad, **clip)
+        return keras.optimizers.Adam(lr, beta_1=o.beta_1, beta_2=o.beta_2, amsgrad=o.amsgrad, **clip)
     if o.name == "adamw":
-        return keras.optimizers.AdamW(o.learning_rate, weight_decay=o.weight_decay, beta_1=o.beta_1,
-                                      beta_2=o.beta_2, amsgrad=o.amsgrad, **clip)
+        return keras.optimizers.AdamW(lr, weight_decay=o.weight_decay, beta_1=o.beta_1, beta_2=o.beta_2,
+                                      amsgrad=o.amsgrad, **clip)
     if o.name == "rmsprop":
-        return keras.optimizers.RMSprop(o.learning_rate, **clip)
-    return keras.optimizers.SGD(o.learning_rate, momentum=0.9, **clip)
+        return keras.optimizers.RMSprop(lr, **clip)
+    return keras.optimizers.SGD(lr, momentum=0.9, **clip)
 
 
 def cudnn_compatible(model: keras.Model) -> list[str]:

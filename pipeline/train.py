@@ -40,6 +40,7 @@ class TrainJob:
     export_base: str | None = None
     train_examples: int | None = None      # from the manifest; lets Keras know an epoch's length
     eval_examples: int | None = None
+    export_version: str | None = None      # EXPORT_BASE/<this>/ instead of a timestamp (TFX: "Format-Serving")
 
     @property
     def labels(self) -> list[str]:
@@ -66,13 +67,21 @@ def _tf_config() -> dict:
     return json.loads(os.environ.get("TF_CONFIG") or "{}")
 
 
+def _num_workers() -> int:
+    """Training tasks TF_CONFIG names: its workers and its chief, if any."""
+    cluster = _tf_config().get("cluster", {})
+    return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+
+
 def strategy_from_env():
     """MultiWorkerMirroredStrategy when TF_CONFIG names several workers, else MirroredStrategy
     over the local devices (GPUs, or the CPU's logical devices)."""
     import tensorflow as tf
 
-    cluster = _tf_config().get("cluster", {})
-    if len(cluster.get("worker", [])) + len(cluster.get("chief", [])) > 1:
+    if _num_workers() > 1:
+        from pipeline import keras_multiworker
+
+        keras_multiworker.apply()
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.MirroredStrategy()
 
@@ -99,8 +108,9 @@ def _callbacks(job: TrainJob, backup_dir: str):
     import keras
 
     cfg = job.cfg
+    # double_checkpoint: a kill while the weights are being written leaves the previous backup usable
     cbs = [keras.callbacks.BackupAndRestore(backup_dir, save_freq=cfg.backup_every_steps or "epoch",
-                                            delete_checkpoint=True),
+                                            delete_checkpoint=True, double_checkpoint=True),
            keras.callbacks.TensorBoard(os.path.join(job.work_dir, "logs")),
            keras.callbacks.CSVLogger(os.path.join(job.work_dir, "history.csv"), append=True)]
     if cfg.early_stopping_patience > 0:
@@ -118,7 +128,9 @@ def _evaluate(model, job: TrainJob, eval_ds) -> dict:
     acc = LwlrapAccumulator(len(labels))
     first_mel = None
     for mel, truth in eval_ds:
-        acc.add(truth.numpy(), model.predict_on_batch(mel))
+        # a plain call, not predict_on_batch: under MultiWorkerMirroredStrategy predict gathers the
+        # outputs of all workers (a collective), and only the chief evaluates, so it would hang
+        acc.add(truth.numpy(), model(mel, training=False).numpy())
         first_mel = mel[0].numpy() if first_mel is None else first_mel
     plot_dir = plots.ensure_dir(os.path.join(job.work_dir, "plots"))
     per_class = acc.per_class()
@@ -147,7 +159,7 @@ def train(job: TrainJob) -> dict:
     log.info("%d replica(s) under %s, global batch %d; %d train / %d eval files; input %s, %d labels",
              replicas, type(strategy).__name__, global_batch, len(job.train_files), len(job.eval_files),
              "x".join(map(str, job.mel_shape)), num_classes)
-    multi_worker = len(_tf_config().get("cluster", {}).get("worker", [])) > 1
+    multi_worker = _num_workers() > 1   # the same count that chose the strategy (a chief is a worker too)
     make = lambda files, training, n: dataset.make_dataset(  # noqa: E731
         files, job.mel_shape, num_classes, global_batch, training=training, augment=cfg.augment,
         shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed, num_examples=None if multi_worker else n)
@@ -159,7 +171,8 @@ def train(job: TrainJob) -> dict:
         train_ds, eval_ds = train_ds.with_options(opts), eval_ds.with_options(opts)
     with strategy.scope():
         model = model_lib.build_model(job.mel_shape, num_classes, cfg)
-        model.compile(optimizer=model_lib.optimizer(cfg), loss=model_lib.loss_fn(cfg),
+        steps = -(-job.train_examples // global_batch) * cfg.epochs if job.train_examples else None
+        model.compile(optimizer=model_lib.optimizer(cfg, steps), loss=model_lib.loss_fn(cfg),
                       metrics=[LwlrapMetric(num_classes, name="lwlrap")])
     chief = is_chief()
     backup_dir = os.path.join(job.work_dir, "backup") if chief else tempfile.mkdtemp(prefix="fatp-backup-")
@@ -176,7 +189,8 @@ def train(job: TrainJob) -> dict:
         results.update(_evaluate(model, job, eval_ds))
     if job.export_base:  # every worker saves (collectives); non-chiefs into a throwaway directory
         base = job.export_base if chief else tempfile.mkdtemp(prefix="fatp-export-")
-        results["export_path"] = export.export_saved_model(model, job.feature_cfg, cfg, job.labels_path, base)
+        results["export_path"] = export.export_saved_model(model, job.feature_cfg, cfg, job.labels_path, base,
+                                                           version=job.export_version)
     if chief:
         with open(os.path.join(job.work_dir, "results.json"), "w") as f:
             json.dump(results, f, indent=1, default=float)
@@ -190,6 +204,8 @@ def run_fn(fn_args) -> None:
 
     custom_config: {"trainer_config": text proto (optional), "trainer_preset": name (optional)}.
     The examples' manifest (beside the split folders) gives the input shape, labels and features.
+    The SavedModel is written to fn_args.serving_model_dir itself, where TFX's GenericExecutor
+    checks for it (and Evaluator and Pusher read it); results, plots and logs go to model_run_dir.
     """
     import tensorflow as tf
 
@@ -200,12 +216,18 @@ def run_fn(fn_args) -> None:
     if not train_files or not eval_files:
         raise ValueError(f"no TFRecord files match train {fn_args.train_files} / eval {fn_args.eval_files}")
     examples_dir = os.path.dirname(os.path.dirname(train_files[0]))
+    serving_dir = fn_args.serving_model_dir.rstrip("/")
     manifest = output.require_complete(examples_dir)
+    records = {output.join(examples_dir, f["path"]): f["records"]
+               for split in manifest["splits"].values() for f in split["files"]}
+    count = lambda files: sum(records[f] for f in files) if all(f in records for f in files) else None  # noqa: E731
     job = TrainJob(train_files=train_files, eval_files=eval_files,
+                   train_examples=count(train_files), eval_examples=count(eval_files),
                    mel_shape=tuple(manifest["example"]["mel_shape"]),
                    labels_path=output.join(examples_dir, manifest["labels"]["file"]),
                    feature_cfg=config_lib.from_text(manifest["feature_config_text"]), cfg=cfg,
-                   work_dir=fn_args.model_run_dir, export_base=os.path.dirname(fn_args.serving_model_dir))
+                   work_dir=fn_args.model_run_dir, export_base=os.path.dirname(serving_dir),
+                   export_version=os.path.basename(serving_dir))
     train(job)
 
 
@@ -237,3 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, output.OutputError) as e:
         sys.exit(f"error: {e}")
     train(job)
+
+
+if __name__ == "__main__":
+    main()

@@ -2,7 +2,62 @@
 
 tests/ is a package (tests/__init__.py), so `from tests import seed_reference` works when pytest
 runs from the repository root.
+
+`train_examples` (session scope) runs the Beam job once on generated data for the training tests.
 """
+import csv
 import os
+from types import SimpleNamespace
+
+import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+MEL_SHAPE = (101, 40)   # the "small" feature preset
+NUM_CLASSES = 80
+
+
+def _read_examples(out_dir, manifest):
+    """{split: [SimpleNamespace(fname, labels, mel, serialized)]} in file order, parsed with the
+    tf.train.Example protobuf itself (independent of pipeline.examples.parse_spec)."""
+    import numpy as np
+    import tensorflow as tf
+
+    splits = {}
+    for split, info in manifest["splits"].items():
+        rows = []
+        for f in info["files"]:
+            for rec in tf.data.TFRecordDataset(os.path.join(out_dir, f["path"]), compression_type="GZIP"):
+                raw = rec.numpy()
+                feat = tf.train.Example.FromString(raw).features.feature
+                rows.append(SimpleNamespace(
+                    fname=feat["fname"].bytes_list.value[0].decode(),
+                    labels=sorted(int(i) for i in feat["labels"].int64_list.value),
+                    mel=np.asarray(feat["mel"].float_list.value, np.float32).reshape(MEL_SHAPE),
+                    serialized=raw))
+        splits[split] = rows
+    return splits
+
+
+@pytest.fixture(scope="session")
+def train_examples(tmp_path_factory):
+    """Demo data (64 labelled clips, no broken ones) through the Beam job with the small preset
+    and a 25% eval split: a finished examples directory with a complete manifest.
+
+    Fields: root, data (the Kaggle layout), out (the examples dir), manifest, labels (labels.txt),
+    csv_labels ({fname: sorted label indices} from train_curated.csv), records (_read_examples)."""
+    from pipeline import demo_data, job, output
+
+    root = tmp_path_factory.mktemp("train_examples")
+    data, out = root / "data", root / "examples"
+    demo_data.generate(str(data), train=64, test=8, seed=0, broken=False)
+    rc = job.run(["--data_dir", str(data), "--output_dir", str(out), "--preset", "small", "--eval_ratio", "0.25",
+                  "--log_level", "WARNING"])
+    assert rc == 0
+    manifest = output.require_complete(str(out))
+    labels = (out / "labels.txt").read_text().splitlines()
+    with open(data / "train_curated.csv", newline="") as f:
+        csv_labels = {row["fname"]: sorted(labels.index(x) for x in row["labels"].split(","))
+                      for row in csv.DictReader(f)}
+    return SimpleNamespace(root=root, data=data, out=out, manifest=manifest, labels=labels, csv_labels=csv_labels,
+                           records=_read_examples(str(out), manifest))

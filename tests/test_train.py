@@ -1,0 +1,477 @@
+"""pipeline/train.py and pipeline/export.py end to end on the Beam job's real output
+(`train_examples`, small feature preset, 47 train / 17 eval clips): what a run leaves behind, the
+exported SavedModel's two signatures agreeing on real clips, MirroredStrategy over 2 logical CPUs,
+two workers under MultiWorkerMirroredStrategy, BackupAndRestore after a SIGKILL, the TFX run_fn,
+the command line's errors and the strategy selection.
+
+Processes that need their own TensorFlow runtime (logical CPUs, TF_CONFIG, being killed) run as
+subprocesses of this interpreter."""
+import csv
+import glob
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline import audio, config, features, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PNG = b"\x89PNG\r\n\x1a\n"
+MAIN = "import sys; from pipeline.train import main; main(sys.argv[1:])"
+
+
+def child_env(tmp_path, **extra):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    env.update(TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", TMPDIR=str(tmp_path), PYTHONPATH=REPO)
+    env.update(extra)
+    return env
+
+
+def run_main(args, tmp_path, timeout=300):
+    return subprocess.run([sys.executable, "-c", MAIN, *args], cwd=REPO, env=child_env(tmp_path),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def read_history(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def is_png(path):
+    with open(path, "rb") as f:
+        return f.read(8) == PNG and os.path.getsize(path) > 1000
+
+
+# ------------------------------------------------------------------------------ one run, in process
+
+@pytest.fixture(scope="module")
+def trained(train_examples, tmp_path_factory):
+    """train() with the small preset (2 epochs) on the fixture's examples, with an export."""
+    root = tmp_path_factory.mktemp("trained")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("TF_CONFIG", raising=False)
+        job = train.job_from_examples(str(train_examples.out), config.trainer_config("small"), str(root / "work"),
+                                      str(root / "export"))
+        results = train.train(job)
+    return root, job, results
+
+
+def test_train_writes_results_history_logs_and_plots(trained, train_examples):
+    root, job, results = trained
+    work = root / "work"
+    with open(work / "results.json") as f:
+        saved = json.load(f)
+    assert saved["export_path"] == results["export_path"]
+    assert saved["replicas"] == 1 and saved["global_batch"] == 8 and saved["epochs_run"] == 2
+    assert 0.0 <= saved["eval_lwlrap"] <= 1.0
+    assert set(saved["history"]) == {"loss", "lwlrap", "val_loss", "val_lwlrap"}
+    assert all(len(v) == 2 and all(np.isfinite(v)) for v in saved["history"].values())
+    assert saved["trainer_config"]["model"]["lstm_units"] == 8
+
+    rows = read_history(work / "history.csv")
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    np.testing.assert_allclose([float(r["loss"]) for r in rows], saved["history"]["loss"], rtol=1e-6)
+    assert glob.glob(str(work / "logs" / "train" / "events.out.tfevents.*"))
+    assert glob.glob(str(work / "logs" / "validation" / "events.out.tfevents.*"))
+    for png in ("training_curves.png", "per_class_lwlrap.png", "mel_example.png"):
+        assert is_png(work / "plots" / png), png
+    assert not (work / "backup").exists()                      # BackupAndRestore cleans up after a run
+
+    with open(work / "plots" / "per_class_lwlrap.csv", newline="") as f:
+        table = list(csv.reader(f))
+    assert table[0] == ["label", "lwlrap", "positives"]
+    assert [r[0] for r in table[1:]] == train_examples.labels and len(table) == 81
+    positives = np.zeros(80, int)
+    for r in train_examples.records["eval"]:
+        positives[r.labels] += 1
+    assert [int(r[2]) for r in table[1:]] == positives.tolist()
+    assert saved["eval_examples_positive_labels"] == positives.sum()
+    for r in table[1:]:                                      # blank exactly where a label never occurs
+        assert (r[1] == "") == (r[2] == "0")
+        assert r[1] == "" or 0.0 <= float(r[1]) <= 1.0
+
+
+def test_export_layout(trained, train_examples):
+    root, _, results = trained
+    versions = os.listdir(root / "export")
+    assert len(versions) == 1 and versions[0].isdigit()       # no .tmp-* left behind
+    path = root / "export" / versions[0]
+    assert results["export_path"] == str(path)
+    assert (path / "saved_model.pb").is_file() and (path / "variables").is_dir()
+    assert (path / "assets" / "labels.txt").read_text() == (train_examples.out / "labels.txt").read_text()
+
+
+@pytest.fixture(scope="module")
+def served(trained):
+    return tf.saved_model.load(trained[2]["export_path"])
+
+
+def test_serving_default_scores(served, trained, train_examples):
+    """[n, 80] scores in [0, 1] for the Beam job's serialized examples; their lwlrap over the eval
+    split is the eval_lwlrap train() reported (sigmoid keeps the logits' ranking)."""
+    from pipeline.lwlrap import lwlrap
+
+    recs = train_examples.records["eval"]
+    scores = served.signatures["serving_default"](examples=tf.constant([r.serialized for r in recs]))["scores"]
+    scores = scores.numpy()
+    assert scores.shape == (len(recs), 80) and scores.dtype == np.float32
+    assert scores.min() >= 0.0 and scores.max() <= 1.0
+    truth = np.zeros((len(recs), 80))
+    for i, r in enumerate(recs):
+        truth[i, r.labels] = 1
+    assert lwlrap(truth, scores) == pytest.approx(trained[2]["eval_lwlrap"], abs=1e-6)
+
+
+def test_waveform_signature_matches_examples_signature(served, train_examples):
+    """Parity: a clip decoded with audio.decode at the feature sample rate, as a zero-padded batch
+    with lengths, scores the same through serving_waveform (features computed in the graph) as its
+    tf.Example (features from the Beam job) through serving_default."""
+    cfg = config.feature_config("small")
+    recs = train_examples.records["eval"][:3] + train_examples.records["train"][:3]
+    wave = [audio.decode((train_examples.data / "train_curated" / r.fname).read_bytes(), cfg.sample_rate)[0]
+            for r in recs]
+    assert len({len(w) for w in wave}) > 1                    # clips of different lengths: real padding
+    waveform, length = features.pad_batch(wave)
+    by_example = served.signatures["serving_default"](examples=tf.constant([r.serialized for r in recs]))["scores"]
+    by_wave = served.signatures["serving_waveform"](waveform=tf.constant(waveform), length=tf.constant(length))
+    by_example, by_wave = by_example.numpy(), by_wave["scores"].numpy()
+    assert by_wave.shape == (len(recs), 80)
+    np.testing.assert_allclose(by_wave, by_example, rtol=0, atol=1e-4)
+    assert np.ptp(by_example, axis=0).max() > 1e-3            # the scores depend on the clip: not vacuous
+    # samples past a clip's length are ignored
+    noisy = waveform + np.where(np.arange(waveform.shape[1]) < length[:, None], 0.0, 0.5).astype(np.float32)
+    again = served.signatures["serving_waveform"](waveform=tf.constant(noisy), length=tf.constant(length))
+    np.testing.assert_allclose(again["scores"].numpy(), by_wave, rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------ MirroredStrategy, 2 CPUs
+
+@pytest.mark.slow
+def test_two_cpu_replicas(train_examples, tmp_path):
+    work = tmp_path / "work"
+    overrides = "epochs: 3 model { lstm_units: 8 } optimizer { learning_rate: 0.01 }"
+    proc = run_main(["--examples", str(train_examples.out), "--work_dir", str(work), "--cpu_replicas", "2",
+                     "--preset", "small", "--set", overrides], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "2 replica(s) under MirroredStrategy, global batch 16" in proc.stderr
+    with open(work / "results.json") as f:
+        res = json.load(f)
+    assert res["replicas"] == 2
+    assert res["global_batch"] == 2 * res["trainer_config"]["batch_size"] == 16
+    loss = res["history"]["loss"]
+    assert len(loss) == res["epochs_run"] == 3
+    assert loss[-1] < loss[0]
+    assert "3/3" in proc.stdout                               # ceil(47 / 16) steps per epoch
+
+
+# ------------------------------------------------------------------------------ MultiWorkerMirroredStrategy
+
+# Keras 3.15's TensorFlow trainer cannot run model.fit under MultiWorkerMirroredStrategy
+# (keras-team/keras#20585); pipeline/keras_multiworker.py patches it for multi-worker runs.
+# FATP_KERAS_MULTIWORKER_PATCH=0 turns the patch off, which test_multi_worker_fit_in_keras uses to
+# notice when a Keras release no longer needs it.
+
+WORKER = '''
+import json, os, sys
+examples, work = sys.argv[1], sys.argv[2]
+import keras
+keras.config.disable_traceback_filtering()   # full tracebacks: the known Keras error is recognised by them
+from pipeline import config, train
+job = train.job_from_examples(examples, config.trainer_config("small", "epochs: 1"), work, os.path.join(work, "export"))
+res = train.train(job)
+print("RESULT " + json.dumps({k: res[k] for k in ("replicas", "global_batch", "epochs_run", "export_path")}))
+'''
+
+
+def free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+LAYOUTS = {"worker-worker": [("worker", 0), ("worker", 1)], "chief-worker": [("chief", 0), ("worker", 0)]}
+
+
+def run_two_workers(train_examples, tmp_path, keras_patch, layout="worker-worker", timeout=240):
+    """Two training processes on 127.0.0.1; the first task of the layout is the chief."""
+    tasks = LAYOUTS[layout]
+    cluster = {}
+    for (kind, _), port in zip(tasks, free_ports(2)):
+        cluster.setdefault(kind, []).append(f"127.0.0.1:{port}")
+    procs = []
+    for i, (kind, index) in enumerate(tasks):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": kind, "index": index}})
+        env = child_env(tmp_path, TF_CONFIG=tf_config, FATP_KERAS_MULTIWORKER_PATCH="1" if keras_patch else "0")
+        log = open(tmp_path / f"worker{i}.log", "w")
+        procs.append((subprocess.Popen([sys.executable, "-c", WORKER, str(train_examples.out), str(tmp_path / f"w{i}")],
+                                       cwd=REPO, env=env, stdout=log,
+                                       stderr=subprocess.STDOUT), log))
+    deadline = time.time() + timeout
+    try:
+        for p, _ in procs:
+            p.wait(timeout=max(1.0, deadline - time.time()))
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        for p, log in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            log.close()
+    return [(p.returncode, (tmp_path / f"worker{i}.log").read_text()) for i, (p, _) in enumerate(procs)]
+
+
+def result_line(log):
+    lines = [ln for ln in log.splitlines() if ln.startswith("RESULT ")]
+    assert lines, log[-4000:]
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def saved_variables(export_path):
+    reader = tf.train.load_checkpoint(os.path.join(export_path, "variables", "variables"))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if name.endswith("VARIABLE_VALUE")}
+
+
+@pytest.mark.slow
+def test_multi_worker_fit_in_keras(train_examples, tmp_path):
+    """Two workers with the project's Keras patch turned off. XFAIL while Keras' multi-worker fit is
+    broken (the known error); any other failure fails; once Keras is fixed this passes and
+    pipeline/keras_multiworker.py can go."""
+    outcome = run_two_workers(train_examples, tmp_path, keras_patch=False)
+    if any(rc != 0 for rc, _ in outcome):
+        logs = "\n".join(log for _, log in outcome)
+        known = ("in _maybe_symbolic_build", "Attempt to convert a value (PerReplica:", ") to a Tensor.")
+        if all(k in logs for k in known):
+            pytest.xfail("keras-team/keras#20585: Keras 3 model.fit under MultiWorkerMirroredStrategy")
+        raise AssertionError(logs[-6000:])
+    assert [result_line(log)["replicas"] for _, log in outcome] == [2, 2]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_two_workers_agree(train_examples, tmp_path, layout):
+    """TF_CONFIG with two local workers (worker 0 is the chief) or a chief and a worker: both
+    finish, the chief writes results.json and the export, the other only a throwaway export, and
+    both end with the same weights (synchronous all-reduce), through the trainer as users run it
+    (with its Keras multi-worker patch).
+
+    The chief-and-worker layout needs the examples sharded by DATA (one file per split here, fewer
+    than the workers, so FILE sharding fails) like the two-worker one."""
+    outcome = run_two_workers(train_examples, tmp_path, keras_patch=True, layout=layout)
+    for i, (rc, log) in enumerate(outcome):
+        assert rc == 0, f"worker {i}:\n{log[-6000:]}"
+    chief, other = (result_line(log) for _, log in outcome)
+    for r in (chief, other):
+        assert r["replicas"] == 2 and r["global_batch"] == 16 and r["epochs_run"] == 1
+    assert chief["export_path"].startswith(str(tmp_path / "w0" / "export"))
+    assert not other["export_path"].startswith(str(tmp_path / "w1"))
+    with open(tmp_path / "w0" / "results.json") as f:
+        res = json.load(f)
+    assert res["replicas"] == 2 and 0.0 <= res["eval_lwlrap"] <= 1.0
+    assert not (tmp_path / "w1" / "results.json").exists()
+    assert not (tmp_path / "w0" / "backup").exists()
+    a, b = saved_variables(chief["export_path"]), saved_variables(other["export_path"])
+    assert a.keys() == b.keys() and len(a) >= 10
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=0, atol=1e-6, err_msg=name)
+
+
+# ------------------------------------------------------------------------------ BackupAndRestore
+
+@pytest.mark.slow
+def test_backup_and_restore_resumes_after_sigkill(train_examples, tmp_path):
+    """Kill (SIGKILL) a run once BackupAndRestore has saved state during its third epoch, run the
+    same command again: it starts at the saved epoch with the saved weights, history.csv continues
+    without restarting, and the backup is deleted at the end.
+
+    Keras 3's BackupAndRestore restores the epoch, not the batch: the interrupted epoch is rerun
+    from its start, with the weights saved mid-epoch."""
+    work = tmp_path / "work"
+    epochs = 8
+    args = ["--examples", str(train_examples.out), "--work_dir", str(work), "--preset", "small",
+            "--set", f"epochs: {epochs} backup_every_steps: 2 optimizer {{ learning_rate: 0.01 }}"]
+    meta = work / "backup" / "training_metadata.json"
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-c", MAIN, *args], cwd=REPO, env=child_env(tmp_path),
+                                stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        try:
+            while proc.poll() is None and time.time() < deadline:
+                try:
+                    if json.loads(meta.read_text())["epoch"] >= 2:
+                        proc.send_signal(signal.SIGKILL)
+                        break
+                except (OSError, ValueError, KeyError):
+                    pass
+                time.sleep(0.02)
+        finally:
+            if proc.poll() is None and time.time() >= deadline:
+                proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL, (tmp_path / "first.log").read_text()[-4000:]
+    saved_epoch = json.loads(meta.read_text())["epoch"]
+    assert 2 <= saved_epoch < epochs
+    assert (work / "backup" / "latest.weights.h5").is_file()
+    assert not (work / "results.json").exists()
+    before = read_history(work / "history.csv")
+    assert [int(r["epoch"]) for r in before] == list(range(len(before)))
+    assert len(before) in (saved_epoch, saved_epoch + 1)       # +1: killed just after an epoch's end
+
+    again = run_main(args, tmp_path)
+    assert again.returncode == 0, again.stderr[-4000:]
+    first_epoch_line = next(ln for ln in again.stdout.splitlines() if ln.startswith("Epoch "))
+    assert first_epoch_line == f"Epoch {saved_epoch + 1}/{epochs}"   # not "Epoch 1/8"
+    with open(work / "results.json") as f:
+        res = json.load(f)
+    assert res["epochs_run"] == epochs - saved_epoch
+    after = read_history(work / "history.csv")
+    assert [int(r["epoch"]) for r in after] == [int(r["epoch"]) for r in before] + list(range(saved_epoch, epochs))
+    # the weights came back too: the resumed epoch's loss is well below a fresh model's first epoch
+    assert res["history"]["loss"][0] < float(before[0]["loss"]) - 0.05
+    assert not (work / "backup").exists()
+
+
+# ------------------------------------------------------------------------------ TFX run_fn
+
+def test_run_fn_exports_where_tfx_expects(train_examples, tmp_path, monkeypatch):
+    """The TFX Trainer's entry point with the FnArgs its GenericExecutor builds: the same train()
+    as the command line; the SavedModel lands in serving_model_dir itself, which GenericExecutor
+    checks right after run_fn ('run_fn failed to generate model' otherwise) and Evaluator/Pusher
+    read; results go to model_run_dir; custom_config picks the preset and overrides."""
+    from tfx.components.trainer.fn_args_utils import FnArgs
+    from tfx.dsl.io import fileio
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    serving = tmp_path / "model" / "Format-Serving"
+    fn_args = FnArgs(train_files=[str(train_examples.out / "train" / "*")],
+                     eval_files=[str(train_examples.out / "eval" / "*")],
+                     serving_model_dir=str(serving), model_run_dir=str(tmp_path / "run"),
+                     custom_config={"trainer_preset": "small", "trainer_config": "epochs: 1"})
+    train.run_fn(fn_args)
+    assert fileio.exists(fn_args.serving_model_dir)
+    assert (serving / "saved_model.pb").is_file()
+    assert (serving / "assets" / "labels.txt").read_text() == (train_examples.out / "labels.txt").read_text()
+    assert os.listdir(tmp_path / "model") == ["Format-Serving"]
+    with open(tmp_path / "run" / "results.json") as f:
+        res = json.load(f)
+    assert res["export_path"] == str(serving)
+    assert res["epochs_run"] == 1 and res["trainer_config"]["model"]["lstm_units"] == 8
+    assert set(tf.saved_model.load(str(serving)).signatures) == {"serving_default", "serving_waveform"}
+
+
+def test_run_fn_without_files(tmp_path):
+    from tfx.components.trainer.fn_args_utils import FnArgs
+
+    fn_args = FnArgs(train_files=[str(tmp_path / "train" / "*")], eval_files=[str(tmp_path / "eval" / "*")],
+                     serving_model_dir=str(tmp_path / "serving"), model_run_dir=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match="no TFRecord files match"):
+        train.run_fn(fn_args)
+
+
+# ------------------------------------------------------------------------------ command line
+
+def test_cli_examples_without_manifest(tmp_path):
+    (tmp_path / "examples" / "train").mkdir(parents=True)
+    with pytest.raises(SystemExit) as e:
+        train.main(["--examples", str(tmp_path / "examples"), "--work_dir", str(tmp_path / "work")])
+    assert isinstance(e.value.code, str)
+    assert e.value.code.startswith("error: ") and "has no manifest.json" in e.value.code
+    assert not (tmp_path / "work").exists()
+
+
+def test_cli_refuses_test_mode_or_failed_examples(train_examples, tmp_path):
+    for change, message in (({"mode": "test"}, "holds 'test' examples, not labelled train/eval ones"),
+                            ({"status": "failed", "status_reason": "boom"}, "status 'failed': boom")):
+        d = tmp_path / change.get("mode", "failed")
+        d.mkdir()
+        (d / "manifest.json").write_text(json.dumps(dict(train_examples.manifest, **change)))
+        with pytest.raises(SystemExit) as e:
+            train.main(["--examples", str(d), "--work_dir", str(tmp_path / "work")])
+        assert message in str(e.value.code)
+
+
+def test_cli_bad_preset_and_config(train_examples, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        train.main(["--examples", str(train_examples.out), "--work_dir", str(tmp_path), "--preset", "bogus"])
+    assert e.value.code == 2
+    assert "invalid choice: 'bogus'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        train.main(["--examples", str(train_examples.out), "--work_dir", str(tmp_path), "--set", "epochs: 0"])
+    assert "invalid TrainerConfig: batch_size and epochs must be > 0" in str(e.value.code)
+
+
+@pytest.mark.slow
+def test_fatp_train_console_script(tmp_path):
+    """The installed `fatp-train` command: exit status 1 and the message, no traceback."""
+    exe = os.path.join(os.path.dirname(sys.executable), "fatp-train")
+    if not os.path.exists(exe):
+        pytest.skip("fatp-train is not installed in this environment")
+    proc = subprocess.run([exe, "--examples", str(tmp_path / "none"), "--work_dir", str(tmp_path / "w")],
+                          env=child_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert "error: " in proc.stderr and "has no manifest.json" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------------------ strategy selection
+
+class FakeMultiWorker:
+    """Stands in for MultiWorkerMirroredStrategy, whose constructor would start a gRPC server and
+    wait for the other workers; only the selection logic is under test here."""
+    created = 0
+
+    def __init__(self):
+        FakeMultiWorker.created += 1
+
+
+def tf_config(cluster, task=None):
+    return json.dumps({"cluster": cluster, **({"task": task} if task else {})})
+
+
+@pytest.mark.parametrize("cluster, multi", [
+    (None, False),
+    ({"worker": ["h:1"]}, False),
+    ({"worker": ["h:1", "h:2"]}, True),
+    ({"chief": ["h:0"], "worker": ["h:1"]}, True),
+])
+def test_strategy_from_env(monkeypatch, cluster, multi):
+    monkeypatch.setattr(tf.distribute, "MultiWorkerMirroredStrategy", FakeMultiWorker)
+    if cluster is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", tf_config(cluster, {"type": "worker", "index": 0}))
+    before = FakeMultiWorker.created
+    strategy = train.strategy_from_env()
+    if multi:
+        assert isinstance(strategy, FakeMultiWorker) and FakeMultiWorker.created == before + 1
+    else:
+        assert isinstance(strategy, tf.distribute.MirroredStrategy) and FakeMultiWorker.created == before
+
+
+@pytest.mark.parametrize("cluster, task, chief", [
+    (None, None, True),
+    ({"worker": ["h:1", "h:2"]}, {"type": "worker", "index": 0}, True),
+    ({"worker": ["h:1", "h:2"]}, {"type": "worker", "index": 1}, False),
+    ({"chief": ["h:0"], "worker": ["h:1"]}, {"type": "chief", "index": 0}, True),
+    ({"chief": ["h:0"], "worker": ["h:1"]}, {"type": "worker", "index": 0}, False),
+    ({"worker": ["h:1"], "evaluator": ["h:9"]}, {"type": "evaluator", "index": 0}, False),
+])
+def test_is_chief(monkeypatch, cluster, task, chief):
+    if cluster is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", tf_config(cluster, task))
+    assert train.is_chief() is chief
