@@ -3,7 +3,8 @@
 tests/ is a package (tests/__init__.py), so `from tests import seed_reference` works when pytest
 runs from the repository root.
 
-`train_examples` (session scope) runs the Beam job once on generated data for the training tests.
+`train_examples` (session scope) runs the Beam job once on generated data for the training tests;
+`trained` (session scope) trains and exports the small model on them once.
 """
 import csv
 import os
@@ -61,3 +62,18 @@ def train_examples(tmp_path_factory):
                       for row in csv.DictReader(f)}
     return SimpleNamespace(root=root, data=data, out=out, manifest=manifest, labels=labels, csv_labels=csv_labels,
                            records=_read_examples(str(out), manifest))
+
+
+@pytest.fixture(scope="session")
+def trained(train_examples, tmp_path_factory):
+    """train() with the small preset (2 epochs) on the fixture's examples, with an export:
+    (root, job, results)."""
+    from pipeline import config, train
+
+    root = tmp_path_factory.mktemp("trained")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("TF_CONFIG", raising=False)
+        job = train.job_from_examples(str(train_examples.out), config.trainer_config("small"), str(root / "work"),
+                                      str(root / "export"))
+        results = train.train(job)
+    return root, job, results

@@ -51,18 +51,6 @@ def is_png(path):
 
 # ------------------------------------------------------------------------------ one run, in process
 
-@pytest.fixture(scope="module")
-def trained(train_examples, tmp_path_factory):
-    """train() with the small preset (2 epochs) on the fixture's examples, with an export."""
-    root = tmp_path_factory.mktemp("trained")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("TF_CONFIG", raising=False)
-        job = train.job_from_examples(str(train_examples.out), config.trainer_config("small"), str(root / "work"),
-                                      str(root / "export"))
-        results = train.train(job)
-    return root, job, results
-
-
 def test_train_writes_results_history_logs_and_plots(trained, train_examples):
     root, job, results = trained
     work = root / "work"
