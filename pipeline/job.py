@@ -192,6 +192,11 @@ def _resolve(args: argparse.Namespace) -> JobSpec:
     for what, path in (("--csv", csv_path), ("--audio_dir", audio_dir)):
         if not FileSystems.exists(path):
             raise SystemExit(f"error: {what} {path} does not exist")
+    try:  # a wrong file fails here, before any worker starts; bad rows later become dead letters
+        header = kaggle_layout.read_text(csv_path).splitlines()[:1]
+        kaggle_layout.parse_rows("\n".join(header), None if test else vocabulary)
+    except ValueError as e:
+        raise SystemExit(f"error: --csv {csv_path}: {e}") from None
     return JobSpec(csv_path=csv_path, audio_dir=audio_dir, output_dir=args.output_dir, vocabulary=vocabulary,
                    cfg=cfg, mode=args.mode, eval_ratio=args.eval_ratio, max_error_ratio=args.max_error_ratio,
                    batch_size=args.batch_size, intra_op_threads=args.tf_threads, compression=args.compression,

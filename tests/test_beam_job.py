@@ -292,3 +292,12 @@ def test_cli_without_data_dir_is_an_error(tmp_path):
     assert res.returncode != 0
     assert "give --data_dir or --csv" in res.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_wrong_csv_fails_before_the_pipeline(data, tmp_path):
+    """A CSV without the train_curated header (here sample_submission.csv in train mode) stops the
+    job up front with the file and the reason; nothing is written."""
+    with pytest.raises(SystemExit, match=r"--csv .*sample_submission\.csv: expected the header 'fname,labels'"):
+        job.run(["--data_dir", str(data.root), "--csv", str(data.root / "sample_submission.csv"),
+                 "--output_dir", str(tmp_path / "out"), "--preset", "small"])
+    assert not (tmp_path / "out").exists()
