@@ -278,14 +278,31 @@ def test_seed_optimizer_recipe():
     assert c["clipnorm"] is None
 
 
-def test_default_optimizer_clips():
-    opt = model_lib.optimizer(config.trainer_config("default"))
-    c = opt.get_config()
-    assert isinstance(opt, keras.optimizers.Adam)
+def test_default_optimizer_is_the_seed_adam():
+    """Chosen by measured lwlrap (bench/README.md): the seed's Adam, no clipping."""
+    c = model_lib.optimizer(config.trainer_config("default")).get_config()
+    assert c["learning_rate"] == pytest.approx(0.005) and c["amsgrad"] is True
+    assert c["beta_1"] == pytest.approx(0.1) and c["beta_2"] == pytest.approx(0.001)
+    assert c["clipnorm"] is None
+
+
+def test_clipnorm_and_adam_parameters_are_configurable():
+    cfg = config.trainer_config("default", "optimizer { learning_rate: 0.001 beta_1: 0.9 beta_2: 0.999 "
+                                           "amsgrad: false clipnorm: 1.0 }")
+    c = model_lib.optimizer(cfg).get_config()
     assert c["learning_rate"] == pytest.approx(0.001)
     assert c["beta_1"] == pytest.approx(0.9) and c["beta_2"] == pytest.approx(0.999)
     assert c["amsgrad"] is False
     assert c["clipnorm"] == pytest.approx(1.0)
+
+
+def test_cosine_schedule_decays_over_the_training_steps():
+    cfg = config.trainer_config("default", "optimizer { schedule: COSINE learning_rate: 0.01 }")
+    with pytest.raises(ValueError, match="needs the number of training steps"):
+        model_lib.optimizer(cfg)
+    schedule = model_lib.optimizer(cfg, total_steps=100)._learning_rate
+    assert float(schedule(0)) == pytest.approx(0.01) and float(schedule(50)) == pytest.approx(0.005)
+    assert float(schedule(100)) == pytest.approx(0.0, abs=1e-9)
 
 
 @pytest.mark.parametrize("name, cls, extra", [
@@ -294,7 +311,8 @@ def test_default_optimizer_clips():
     ("rmsprop", keras.optimizers.RMSprop, {}),
 ])
 def test_other_optimizers(name, cls, extra):
-    cfg = config.trainer_config("default", f'optimizer {{ name: "{name}" learning_rate: 0.02 weight_decay: 0.01 }}')
+    cfg = config.trainer_config("default", f'optimizer {{ name: "{name}" learning_rate: 0.02 weight_decay: 0.01 '
+                                           f'clipnorm: 1.0 }}')
     opt = model_lib.optimizer(cfg)
     c = opt.get_config()
     assert type(opt) is cls
