@@ -48,19 +48,23 @@ class TrainJob:
             return [line.strip() for line in f if line.strip()]
 
 
-def job_from_examples(examples_dir: str, cfg: config_lib.TrainerConfig, work_dir: str,
-                      export_base: str | None) -> TrainJob:
-    """A TrainJob over a finished Beam job output (its manifest says what and where)."""
+def job_from_examples(examples_dir: str, cfg: config_lib.TrainerConfig, work_dir: str, export_base: str | None,
+                      files: tuple[list[str], list[str]] | None = None, export_version: str | None = None) -> TrainJob:
+    """A TrainJob over a finished Beam job output: its manifest gives the input shape, labels,
+    feature config and, unless `files` (train, eval) are given, the train and eval shards."""
     manifest = output.require_complete(examples_dir)
     if manifest["mode"] != "train":
         raise ValueError(f"{examples_dir} holds {manifest['mode']!r} examples, not labelled train/eval ones")
-    train_files, train_n = dataset.split_files(examples_dir, "train")
-    eval_files, eval_n = dataset.split_files(examples_dir, "eval")
-    return TrainJob(train_files=train_files, eval_files=eval_files, train_examples=train_n, eval_examples=eval_n,
-                    mel_shape=tuple(manifest["example"]["mel_shape"]),
+    if files is None:
+        files = dataset.split_files(examples_dir, "train")[0], dataset.split_files(examples_dir, "eval")[0]
+    records = {output.join(examples_dir, f["path"]): f["records"]
+               for split in manifest["splits"].values() for f in split["files"]}
+    count = lambda fs: sum(records[f] for f in fs) if all(f in records for f in fs) else None  # noqa: E731
+    return TrainJob(train_files=files[0], eval_files=files[1], train_examples=count(files[0]),
+                    eval_examples=count(files[1]), mel_shape=tuple(manifest["example"]["mel_shape"]),
                     labels_path=output.join(examples_dir, manifest["labels"]["file"]),
                     feature_cfg=config_lib.from_text(manifest["feature_config_text"]),
-                    cfg=cfg, work_dir=work_dir, export_base=export_base)
+                    cfg=cfg, work_dir=work_dir, export_base=export_base, export_version=export_version)
 
 
 def _tf_config() -> dict:
@@ -217,18 +221,8 @@ def run_fn(fn_args) -> None:
         raise ValueError(f"no TFRecord files match train {fn_args.train_files} / eval {fn_args.eval_files}")
     examples_dir = os.path.dirname(os.path.dirname(train_files[0]))
     serving_dir = fn_args.serving_model_dir.rstrip("/")
-    manifest = output.require_complete(examples_dir)
-    records = {output.join(examples_dir, f["path"]): f["records"]
-               for split in manifest["splits"].values() for f in split["files"]}
-    count = lambda files: sum(records[f] for f in files) if all(f in records for f in files) else None  # noqa: E731
-    job = TrainJob(train_files=train_files, eval_files=eval_files,
-                   train_examples=count(train_files), eval_examples=count(eval_files),
-                   mel_shape=tuple(manifest["example"]["mel_shape"]),
-                   labels_path=output.join(examples_dir, manifest["labels"]["file"]),
-                   feature_cfg=config_lib.from_text(manifest["feature_config_text"]), cfg=cfg,
-                   work_dir=fn_args.model_run_dir, export_base=os.path.dirname(serving_dir),
-                   export_version=os.path.basename(serving_dir))
-    train(job)
+    train(job_from_examples(examples_dir, cfg, fn_args.model_run_dir, os.path.dirname(serving_dir),
+                            files=(train_files, eval_files), export_version=os.path.basename(serving_dir)))
 
 
 def arg_parser() -> argparse.ArgumentParser:
