@@ -357,7 +357,7 @@ class LwlrapCombineFn(beam.CombineFn):
 # Keras
 # --------------------------------------------------------------------------------------------
 
-@keras.saving.register_keras_serializable(package="fat_pipeline")
+@keras.saving.register_keras_serializable(package="fatp")
 class LwlrapMetric(keras.metrics.Metric):
     """Streaming lwlrap as a Keras 3 metric, computed in-graph.
 
