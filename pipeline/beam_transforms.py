@@ -18,7 +18,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms import window
 from apache_beam.utils.windowed_value import WindowedValue
 
-from pipeline import audio, examples, kaggle_layout, tfrecord
+from pipeline import audio, examples, kaggle_layout, output, tfrecord
 from pipeline import config as config_lib
 
 DEAD = "dead"
@@ -50,7 +50,7 @@ class _ParseRows(beam.DoFn):
         self._vocabulary = vocabulary
 
     def process(self, csv_path: str):
-        good, bad = kaggle_layout.parse_rows(kaggle_layout.read_text(csv_path), self._vocabulary)
+        good, bad = kaggle_layout.parse_rows(output.read_text(csv_path), self._vocabulary)
         log.info("%s: %d usable rows, %d rejected", csv_path, len(good), len(bad))
         for b in bad:
             yield dead_letter(b.fname, b.line, "csv", b.reason, b.detail)

@@ -76,15 +76,10 @@ def trainer_config(preset: str = "default", overrides: str = "") -> TrainerConfi
     return cfg
 
 
-def read_text(path: str) -> str:
-    from apache_beam.io.filesystems import FileSystems
-
-    with FileSystems.open(path) as f:
-        return f.read().decode("utf-8")
-
-
 def load_text(path: str, preset: str = "seed") -> FeatureConfig:
     """A FeatureConfig from a .pbtxt file, merged over `preset`."""
+    from pipeline.output import read_text
+
     return feature_config(preset, read_text(path))
 
 

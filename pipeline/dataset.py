@@ -16,10 +16,10 @@ from pipeline import examples, output
 from pipeline.config import AugmentConfig
 
 
-def split_files(examples_dir: str, split: str) -> tuple[list[str], int]:
+def split_files(examples_dir: str, split: str, manifest: dict | None = None) -> tuple[list[str], int]:
     """The files of `split` listed by a complete manifest (never a glob over a partial output),
-    and their number of examples."""
-    manifest = output.require_complete(examples_dir)
+    and their number of examples. `manifest`: one the caller already read with require_complete."""
+    manifest = manifest or output.require_complete(examples_dir)
     info = manifest["splits"].get(split)
     if not info or not info["records"]:
         raise ValueError(f"{examples_dir}: split {split!r} has no examples (splits: {sorted(manifest['splits'])})")

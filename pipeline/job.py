@@ -193,7 +193,7 @@ def _resolve(args: argparse.Namespace) -> JobSpec:
         if not FileSystems.exists(path):
             raise SystemExit(f"error: {what} {path} does not exist")
     try:  # a wrong file fails here, before any worker starts; bad rows later become dead letters
-        header = kaggle_layout.read_text(csv_path).splitlines()[:1]
+        header = output.read_text(csv_path).splitlines()[:1]
         kaggle_layout.parse_rows("\n".join(header), None if test else vocabulary)
     except ValueError as e:
         raise SystemExit(f"error: --csv {csv_path}: {e}") from None

@@ -16,7 +16,7 @@ import io
 import posixpath
 from dataclasses import dataclass, field
 
-from apache_beam.io.filesystems import FileSystems
+from pipeline.output import read_text
 
 
 @dataclass(frozen=True)
@@ -33,14 +33,6 @@ class BadRow:
     line: int
     reason: str
     detail: str
-
-
-def read_text(path: str) -> str:
-    try:
-        with FileSystems.open(path) as f:
-            return f.read().decode("utf-8-sig")
-    except (OSError, IOError) as e:
-        raise FileNotFoundError(f"cannot read {path}: {e}") from None
 
 
 def load_vocabulary(path: str) -> list[str]:

@@ -40,6 +40,15 @@ def list_files(directory: str) -> list[str]:
     return sorted(m.path for m in matches)
 
 
+def read_text(path: str) -> str:
+    """A UTF-8 text file (a BOM is dropped) through Beam's FileSystems, so gs:// or s3:// work."""
+    try:
+        with FileSystems.open(path) as f:
+            return f.read().decode("utf-8-sig")
+    except (OSError, IOError) as e:
+        raise FileNotFoundError(f"cannot read {path}: {e}") from None
+
+
 def read_manifest(directory: str) -> dict | None:
     path = join(directory, MANIFEST)
     if not FileSystems.exists(path):
@@ -48,17 +57,18 @@ def read_manifest(directory: str) -> dict | None:
         return json.loads(f.read().decode("utf-8"))
 
 
-def write_json(path: str, obj: dict) -> None:
-    """Write JSON through a temporary name and a rename, so readers never see half a file."""
+def write_text(path: str, text: str) -> None:
+    """Write through a temporary name and a rename, so readers never see half a file."""
     tmp = path + ".tmp"
     with FileSystems.create(tmp) as f:
-        f.write(json.dumps(obj, indent=2, sort_keys=True).encode("utf-8"))
+        f.write(text.encode("utf-8"))
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
     FileSystems.rename([tmp], [path])
 
 
-def write_text(path: str, text: str) -> None:
-    with FileSystems.create(path) as f:
-        f.write(text.encode("utf-8"))
+def write_json(path: str, obj: dict) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True))
 
 
 def prepare(directory: str, overwrite: bool) -> None:

@@ -7,7 +7,8 @@ Scores come from the SavedModel's serving_default signature (what TF Serving wou
 follow sample_submission.csv's order and columns its label order (the model's assets/labels.txt
 is matched by name). A clip listed in sample_submission.csv without an example (a dead letter of
 the Beam job) fails the command, naming the clips, unless --allow_missing fills its row with
-zeros; either way it is counted. The CSV is written under a temporary name and renamed.
+zeros; either way it is counted. The CSV is written under a temporary name and renamed
+(output.write_text).
 """
 from __future__ import annotations
 
@@ -46,8 +47,7 @@ def score_examples(model_dir: str, files: list[str], batch_size: int = 64) -> tu
 
     loaded = tf.saved_model.load(model_dir)
     serve = loaded.signatures["serving_default"]
-    with tf.io.gfile.GFile(os.path.join(model_dir, "assets", "labels.txt")) as f:
-        labels = [line.strip() for line in f if line.strip()]
+    labels = kaggle_layout.load_vocabulary(os.path.join(model_dir, "assets", "labels.txt"))
     fnames, scores = [], []
     for batch in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(batch_size):
         parsed = tf.io.parse_example(batch, {examples.FNAME: tf.io.FixedLenFeature([], tf.string)})
@@ -62,12 +62,7 @@ def write_submission(path: str, order: list[str], columns: list[str], by_fname: 
     w.writerow(["fname", *columns])
     for fname in order:
         w.writerow([fname, *(f"{v:.6g}" for v in by_fname[fname])])
-    output.write_text(path + ".tmp", buf.getvalue())
-    from apache_beam.io.filesystems import FileSystems
-
-    if FileSystems.exists(path):
-        FileSystems.delete([path])
-    FileSystems.rename([path + ".tmp"], [path])
+    output.write_text(path, buf.getvalue())
 
 
 def predict(model: str, examples_dir: str, sample_submission: str, out_path: str, allow_missing: bool) -> dict:
@@ -80,7 +75,7 @@ def predict(model: str, examples_dir: str, sample_submission: str, out_path: str
                          f"({len(set(columns) ^ set(model_labels))} labels differ)")
     reorder = [model_labels.index(c) for c in columns]
     by_fname = {f: s[reorder] for f, s in zip(fnames, scores)}
-    rows, _ = kaggle_layout.parse_rows(kaggle_layout.read_text(sample_submission), None)
+    rows, _ = kaggle_layout.parse_rows(output.read_text(sample_submission), None)
     order = [r.fname for r in rows]
     missing = [f for f in order if f not in by_fname]
     if missing and not allow_missing:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline import config as config_lib
-from pipeline import dataset, output, plots
+from pipeline import dataset, kaggle_layout, output, plots
 
 log = logging.getLogger("fatp.train")
 
@@ -44,8 +44,7 @@ class TrainJob:
 
     @property
     def labels(self) -> list[str]:
-        with open(self.labels_path) as f:
-            return [line.strip() for line in f if line.strip()]
+        return kaggle_layout.load_vocabulary(self.labels_path)
 
 
 def job_from_examples(examples_dir: str, cfg: config_lib.TrainerConfig, work_dir: str, export_base: str | None,
@@ -56,7 +55,8 @@ def job_from_examples(examples_dir: str, cfg: config_lib.TrainerConfig, work_dir
     if manifest["mode"] != "train":
         raise ValueError(f"{examples_dir} holds {manifest['mode']!r} examples, not labelled train/eval ones")
     if files is None:
-        files = dataset.split_files(examples_dir, "train")[0], dataset.split_files(examples_dir, "eval")[0]
+        files = (dataset.split_files(examples_dir, "train", manifest)[0],
+                 dataset.split_files(examples_dir, "eval", manifest)[0])
     records = {output.join(examples_dir, f["path"]): f["records"]
                for split in manifest["splits"].values() for f in split["files"]}
     count = lambda fs: sum(records[f] for f in fs) if all(f in records for f in fs) else None  # noqa: E731
@@ -244,13 +244,13 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = arg_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = (config_lib.read_text(args.trainer_config) if args.trainer_config else "") + "\n" + args.set
     try:
+        overrides = (output.read_text(args.trainer_config) if args.trainer_config else "") + "\n" + args.set
         cfg = config_lib.trainer_config(args.preset, overrides)
         if args.cpu_replicas:
             split_cpu(args.cpu_replicas)
         job = job_from_examples(args.examples, cfg, args.work_dir, args.export_dir)
-    except (ValueError, output.OutputError) as e:
+    except (ValueError, FileNotFoundError, output.OutputError) as e:
         sys.exit(f"error: {e}")
     train(job)
 
