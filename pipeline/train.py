@@ -151,7 +151,7 @@ def train(job: TrainJob) -> dict:
     import tensorflow as tf
 
     from pipeline import export, model as model_lib
-    from pipeline.lwlrap import LwlrapMetric
+    from pipeline.lwlrap_keras import LwlrapMetric
 
     cfg = job.cfg
     keras.utils.set_random_seed(cfg.seed)
