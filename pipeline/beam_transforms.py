@@ -193,8 +193,8 @@ class _WriteBundleFiles(beam.DoFn):
         self._writers = {}
 
 
-def finalize_shards(_, infos: list[dict], out_dir: str, tmp_dir: str) -> dict:
-    """Rename the bundles' files to OUT/<split>/data-NNNNN-of-MMMMM.tfrecord.gz; drop orphans.
+def finalize_shards(_, infos: list[dict], out_dir: str, tmp_dir: str, split_prefix: str = "") -> dict:
+    """Rename the bundles' files to OUT/<prefix><split>/data-NNNNN-of-MMMMM.tfrecord.gz; drop orphans.
 
     Orphans are files of bundles that a runner retried: only the files reported by committed
     bundles (`infos`) are kept.
@@ -203,11 +203,11 @@ def finalize_shards(_, infos: list[dict], out_dir: str, tmp_dir: str) -> dict:
     for split in sorted({i["split"] for i in infos}):
         mine = sorted((i for i in infos if i["split"] == split), key=lambda i: i["tmp_path"])
         files = []
-        split_dir = FileSystems.join(out_dir, split)
+        split_dir = FileSystems.join(out_dir, split_prefix + split)
         if not FileSystems.exists(split_dir):  # local filesystems need it; object stores ignore it
             FileSystems.mkdirs(split_dir)
         for n, info in enumerate(mine):
-            rel = f"{split}/data-{n:05d}-of-{len(mine):05d}.tfrecord.gz"
+            rel = f"{split_prefix}{split}/data-{n:05d}-of-{len(mine):05d}.tfrecord.gz"
             FileSystems.rename([info["tmp_path"]], [FileSystems.join(out_dir, rel)])
             files.append({"path": rel, "records": info["records"]})
         summary[split] = {"records": sum(f["records"] for f in files), "files": files}
@@ -221,11 +221,15 @@ def finalize_shards(_, infos: list[dict], out_dir: str, tmp_dir: str) -> dict:
 
 
 class WriteExamples(beam.PTransform):
-    """(Clip, mel) -> tf.Examples in GZIP TFRecord shards per split; outputs the shard summary."""
+    """(Clip, mel) -> tf.Examples in GZIP TFRecord shards per split; outputs the shard summary.
 
-    def __init__(self, out_dir: str, eval_ratio: float | None, compression: str = "fast"):
+    Split folders are named `split_prefix + split`: plain for the command line, "Split-" for a
+    TFX Examples artifact, whose readers look for Split-<name>/."""
+
+    def __init__(self, out_dir: str, eval_ratio: float | None, compression: str = "fast", split_prefix: str = ""):
         super().__init__()
         self._out_dir, self._eval_ratio, self._compression = out_dir, eval_ratio, compression
+        self._split_prefix = split_prefix
         self._tmp_dir = FileSystems.join(out_dir, "_tmp")
 
     def _keyed_example(self, clip_mel):
@@ -237,7 +241,8 @@ class WriteExamples(beam.PTransform):
         infos = (mels | "Serialize" >> beam.Map(self._keyed_example)
                  | "WriteBundles" >> beam.ParDo(_WriteBundleFiles(self._tmp_dir, self._compression)))
         return (mels.pipeline | "FinalizeTrigger" >> beam.Create([None])
-                | "Finalize" >> beam.Map(finalize_shards, beam.pvalue.AsList(infos), self._out_dir, self._tmp_dir))
+                | "Finalize" >> beam.Map(finalize_shards, beam.pvalue.AsList(infos), self._out_dir, self._tmp_dir,
+                                         self._split_prefix))
 
 
 def _write_dead_letters(letters: list[dict], path: str) -> dict:

@@ -22,7 +22,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import beam_transforms as bt
 from pipeline import config as config_lib
-from pipeline import kaggle_layout, output
+from pipeline import kaggle_layout, output, tfrecord
 
 log = logging.getLogger("fatp.job")
 
@@ -44,6 +44,7 @@ class JobSpec:
     batch_size: int = 8
     intra_op_threads: int = 0
     compression: str = "fast"
+    split_prefix: str = ""                   # split folders are PREFIX<split>/ ("Split-" for TFX's Examples)
     inputs: dict = field(default_factory=dict)
 
 
@@ -117,7 +118,7 @@ def build(p: beam.Pipeline, spec: JobSpec) -> beam.PCollection:
     feats = rows["rows"] | "ComputeFeatures" >> bt.ComputeFeatures(
         spec.audio_dir, spec.cfg, spec.batch_size, spec.intra_op_threads)
     shards = feats["mels"] | "WriteExamples" >> bt.WriteExamples(
-        spec.output_dir, spec.eval_ratio if spec.mode == "train" else None, spec.compression)
+        spec.output_dir, spec.eval_ratio if spec.mode == "train" else None, spec.compression, spec.split_prefix)
     dead = ((rows[bt.DEAD], feats[bt.DEAD]) | "AllDead" >> beam.Flatten()
             | "WriteDeadLetters" >> bt.WriteDeadLetters(output.join(spec.output_dir, output.DEAD_LETTERS)))
     input_rows = ((rows["rows"], rows[bt.DEAD]) | "AllRows" >> beam.Flatten()
@@ -155,7 +156,7 @@ def arg_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max_error_ratio", type=float, default=0.05,
                     help="fail the job (exit 1) when more than this share of rows are dead letters")
     ap.add_argument("--batch_size", type=int, default=8, help="clips per call of the feature function")
-    ap.add_argument("--compression", choices=["fast", "small"], default="fast",
+    ap.add_argument("--compression", choices=sorted(tfrecord.DEFLATE), default="fast",
                     help="GZIP deflate: fast = Huffman only (3x less CPU, ~18%% larger files), small = zlib level 6")
     ap.add_argument("--tf_threads", type=int, default=0,
                     help="TensorFlow intra/inter-op threads per worker (0: TensorFlow's default)")
@@ -164,44 +165,73 @@ def arg_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _resolve(args: argparse.Namespace) -> JobSpec:
-    def default(value, *parts):
+def make_spec(*, output_dir: str, cfg: config_lib.FeatureConfig, data_dir: str | None = None, mode: str = "train",
+              csv: str | None = None, audio_dir: str | None = None, labels: str | None = None,
+              eval_ratio: float = 0.1, max_error_ratio: float = 0.05, batch_size: int = 8,
+              intra_op_threads: int = 0, compression: str = "fast", split_prefix: str = "",
+              inputs: dict | None = None) -> JobSpec:
+    """A checked JobSpec: paths default to the Kaggle layout under `data_dir`, the label vocabulary
+    is read and the CSV's header checked here, in the driver, so a wrong file fails before any
+    worker starts (bad rows later become dead letters). Raises ValueError saying what is wrong.
+    The command line and the TFX component (components/audio_example_gen) both build their spec here."""
+    def default(value, name, rel):
         if value:
             return value
-        if not args.data_dir:
-            raise SystemExit(f"error: give --data_dir or --{parts[-1]}")
-        return output.join(args.data_dir, parts[0])
+        if not data_dir:
+            raise ValueError(f"give --data_dir or --{name}")
+        return output.join(data_dir, rel)
 
-    if not 0.0 <= args.eval_ratio < 1.0:
-        raise SystemExit("error: --eval_ratio must be in [0, 1)")
-    if not 0.0 <= args.max_error_ratio <= 1.0:
-        raise SystemExit("error: --max_error_ratio must be in [0, 1]")
-    if args.batch_size < 1:
-        raise SystemExit("error: --batch_size must be >= 1")
-    test = args.mode == "test"
-    csv_path = default(args.csv, "sample_submission.csv" if test else "train_curated.csv", "csv")
-    audio_dir = default(args.audio_dir, "test" if test else "train_curated", "audio_dir")
-    labels_path = default(args.labels, "sample_submission.csv", "labels")
-    cfg = (config_lib.load_text(args.feature_config, args.preset) if args.feature_config
-           else config_lib.feature_config(args.preset))
+    if mode not in ("train", "test"):
+        raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
+    if not 0.0 <= eval_ratio < 1.0:
+        raise ValueError("--eval_ratio must be in [0, 1)")
+    if not 0.0 <= max_error_ratio <= 1.0:
+        raise ValueError("--max_error_ratio must be in [0, 1]")
+    if batch_size < 1:
+        raise ValueError("--batch_size must be >= 1")
+    if compression not in tfrecord.DEFLATE:
+        raise ValueError(f"compression must be one of {sorted(tfrecord.DEFLATE)}, got {compression!r}")
+    test = mode == "test"
+    csv_path = default(csv, "csv", "sample_submission.csv" if test else "train_curated.csv")
+    audio_path = default(audio_dir, "audio_dir", "test" if test else "train_curated")
+    labels_path = default(labels, "labels", "sample_submission.csv")
     try:
         vocabulary = kaggle_layout.load_vocabulary(labels_path)
     except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"error: label vocabulary: {e}") from None
+        raise ValueError(f"label vocabulary: {e}") from None
     from apache_beam.io.filesystems import FileSystems
-    for what, path in (("--csv", csv_path), ("--audio_dir", audio_dir)):
+    for what, path in (("--csv", csv_path), ("--audio_dir", audio_path)):
         if not FileSystems.exists(path):
-            raise SystemExit(f"error: {what} {path} does not exist")
-    try:  # a wrong file fails here, before any worker starts; bad rows later become dead letters
+            raise ValueError(f"{what} {path} does not exist")
+    try:
         header = output.read_text(csv_path).splitlines()[:1]
         kaggle_layout.parse_rows("\n".join(header), None if test else vocabulary)
+    except (ValueError, FileNotFoundError) as e:
+        raise ValueError(f"--csv {csv_path}: {e}") from None
+    return JobSpec(csv_path=csv_path, audio_dir=audio_path, output_dir=output_dir, vocabulary=vocabulary, cfg=cfg,
+                   mode=mode, eval_ratio=eval_ratio, max_error_ratio=max_error_ratio, batch_size=batch_size,
+                   intra_op_threads=intra_op_threads, compression=compression, split_prefix=split_prefix,
+                   inputs={"csv": csv_path, "audio_dir": audio_path, "labels": labels_path, **(inputs or {})})
+
+
+def _resolve(args: argparse.Namespace) -> JobSpec:
+    cfg = (config_lib.load_text(args.feature_config, args.preset) if args.feature_config
+           else config_lib.feature_config(args.preset))
+    try:
+        return make_spec(output_dir=args.output_dir, cfg=cfg, data_dir=args.data_dir, mode=args.mode, csv=args.csv,
+                         audio_dir=args.audio_dir, labels=args.labels, eval_ratio=args.eval_ratio,
+                         max_error_ratio=args.max_error_ratio, batch_size=args.batch_size,
+                         intra_op_threads=args.tf_threads, compression=args.compression,
+                         inputs={"preset": args.preset, "feature_config": args.feature_config})
     except ValueError as e:
-        raise SystemExit(f"error: --csv {csv_path}: {e}") from None
-    return JobSpec(csv_path=csv_path, audio_dir=audio_dir, output_dir=args.output_dir, vocabulary=vocabulary,
-                   cfg=cfg, mode=args.mode, eval_ratio=args.eval_ratio, max_error_ratio=args.max_error_ratio,
-                   batch_size=args.batch_size, intra_op_threads=args.tf_threads, compression=args.compression,
-                   inputs={"csv": csv_path, "audio_dir": audio_dir, "labels": labels_path,
-                           "preset": args.preset, "feature_config": args.feature_config})
+        raise SystemExit(f"error: {e}") from None
+
+
+def start(spec: JobSpec, overwrite: bool) -> None:
+    """Prepare the output directory (output.prepare: refuses a used one unless `overwrite`) and
+    write the label vocabulary, before the pipeline runs."""
+    output.prepare(spec.output_dir, overwrite)
+    output.write_text(output.join(spec.output_dir, output.LABELS), "\n".join(spec.vocabulary) + "\n")
 
 
 def _pipeline_options(beam_args: list[str]) -> PipelineOptions:
@@ -234,11 +264,10 @@ def run(argv: list[str] | None = None) -> int:
         logging.getLogger("apache_beam.runners.portability.local_job_service").addFilter(_WorkerLogFilter())
     spec = _resolve(args)
     try:
-        output.prepare(spec.output_dir, args.overwrite)
+        start(spec, args.overwrite)
     except output.OutputError as e:
         log.error("%s", e)
         return 2
-    output.write_text(output.join(spec.output_dir, output.LABELS), "\n".join(spec.vocabulary) + "\n")
     log.info("reading %s (%s mode), clips from %s, %d labels, features %s -> %s",
              spec.csv_path, spec.mode, spec.audio_dir, len(spec.vocabulary), args.preset,
              "x".join(map(str, config_lib.mel_shape(spec.cfg))))

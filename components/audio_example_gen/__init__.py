@@ -1,0 +1,5 @@
+"""Audio ExampleGen: the Beam feature job (pipeline.job) as a TFX component that outputs a standard
+`Examples` artifact. See component.py."""
+from components.audio_example_gen.component import AudioExampleGen
+
+__all__ = ["AudioExampleGen"]

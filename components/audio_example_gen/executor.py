@@ -1,0 +1,82 @@
+"""The Audio ExampleGen's executor: runs pipeline.job.build in the component's Beam pipeline and
+turns its manifest into a standard TFX `Examples` artifact.
+
+    EXAMPLES_URI/Split-train/data-*.tfrecord.gz   only TFRecord files (tfx-bsl picks GZIP by the
+    EXAMPLES_URI/Split-eval/data-*.tfrecord.gz    .gz suffix; the Trainer globs Split-x/*)
+    EXAMPLES_URI/manifest.json, labels.txt, dead_letters.jsonl   beside the splits, never inside
+
+The artifact carries what ExampleGen sets (split_names, payload_format FORMAT_TF_EXAMPLE,
+file_format tfrecords_gzip, input_fingerprint) and the job's counts (input_rows, written,
+dead_letters, failed_by_reason), so a run's bad clips are visible in MLMD. A run whose
+dead letters exceed max_error_ratio, or that leaves a split empty, raises: the component fails
+and nothing downstream runs; its manifest and dead letters stay in the output folder to read.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+from tfx.components.util import examples_utils
+from tfx.dsl.components.base import base_beam_executor
+from tfx.proto import example_gen_pb2
+from tfx.types import artifact_utils
+
+from components.audio_example_gen import inputs
+from pipeline import job, output
+
+log = logging.getLogger(__name__)
+
+EXAMPLES = "examples"
+SPLIT_PREFIX = "Split-"          # TFX's split folder naming (artifact_utils.get_split_uri)
+SPLITS = ("train", "eval")
+FILE_FORMAT = "tfrecords_gzip"
+
+
+class ExampleGenError(RuntimeError):
+    """The feature job finished but its output must not be used (see the manifest)."""
+
+
+def _deflate(cfg: inputs.AudioExampleGenConfig) -> str:
+    return inputs.AudioExampleGenConfig.Deflate.Name(cfg.deflate).lower()   # FAST -> "fast"
+
+
+class Executor(base_beam_executor.BaseBeamExecutor):
+    def Do(self, input_dict, output_dict, exec_properties) -> None:
+        self._log_startup(input_dict, output_dict, exec_properties)
+        cfg = inputs.parse_config(exec_properties.get(inputs.CONFIG, ""))
+        data_dir = exec_properties[inputs.DATA_DIR]
+        paths = inputs.resolve(data_dir, cfg)
+        examples = artifact_utils.get_single_instance(output_dict[EXAMPLES])
+        spec = job.make_spec(output_dir=examples.uri, cfg=cfg.features, csv=paths.csv, audio_dir=paths.audio_dir,
+                             labels=paths.labels, eval_ratio=cfg.eval_ratio, max_error_ratio=cfg.max_error_ratio,
+                             batch_size=cfg.batch_size, compression=_deflate(cfg), split_prefix=SPLIT_PREFIX,
+                             inputs={"data_dir": data_dir,
+                                     inputs.FINGERPRINT: exec_properties.get(inputs.FINGERPRINT, "")})
+        # the artifact's folder belongs to this execution alone: leftovers are an earlier attempt's
+        job.start(spec, overwrite=True)
+        with self._make_beam_pipeline() as p:
+            job.build(p, spec)
+        manifest = output.read_manifest(examples.uri)
+        if manifest is None:
+            raise ExampleGenError(f"the feature job finished without writing {output.join(examples.uri, output.MANIFEST)}")
+        counts = manifest["counts"]
+        log.info("Audio ExampleGen: %d rows -> %d examples %s, %d dead letters %s", counts["input_rows"],
+                 counts["written"], counts["per_split"], counts["failed"], counts["failed_by_reason"])
+        if manifest["status"] != output.STATUS_COMPLETE:
+            raise ExampleGenError(f"the feature job failed: {manifest['status_reason']} "
+                                  f"(dead letters by reason: {counts['failed_by_reason']}; "
+                                  f"{output.join(examples.uri, output.DEAD_LETTERS)})")
+        empty = [s for s in SPLITS if not counts["per_split"].get(s)]
+        if empty:
+            raise ExampleGenError(f"split(s) {empty} got no examples ({counts['written']} written, eval_ratio "
+                                  f"{cfg.eval_ratio}); the Trainer and Evaluator need both train and eval")
+        examples.split_names = artifact_utils.encode_split_names(list(SPLITS))
+        examples_utils.set_payload_format(examples, example_gen_pb2.PayloadFormat.FORMAT_TF_EXAMPLE)
+        examples_utils.set_file_format(examples, FILE_FORMAT)
+        for key, value in (("input_rows", counts["input_rows"]), ("written", counts["written"]),
+                           ("dead_letters", counts["failed"])):
+            examples.set_int_custom_property(key, value)
+        examples.set_string_custom_property("failed_by_reason", json.dumps(counts["failed_by_reason"], sort_keys=True))
+        examples.set_string_custom_property("data_dir", data_dir)
+        if exec_properties.get(inputs.FINGERPRINT):
+            examples.set_string_custom_property(inputs.FINGERPRINT, exec_properties[inputs.FINGERPRINT])
