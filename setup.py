@@ -87,6 +87,9 @@ setup(
         "tensorboard==2.21.0",
         "google-crc32c>=1.5",
         "psutil>=5.9",
+        # KubeflowV2DagRunner's compiler needs only the pipeline spec protos (not kfp itself);
+        # the range is TFX 1.21's own for its kfp extra
+        "kfp-pipeline-spec>=0.3.0,<2.17.0",
     ],
     extras_require={"test": ["pytest>=8", "grpcio-tools==1.74.0"]},
     entry_points={
@@ -95,6 +98,8 @@ setup(
             "fatp-demo-data=pipeline.demo_data:main",
             "fatp-train=pipeline.train:main",
             "fatp-predict=pipeline.predict:main",
+            "fatp-pipeline=pipeline.local_runner:main",
+            "fatp-kubeflow=pipeline.kubeflow:main",
         ],
     },
 )

@@ -1,0 +1,195 @@
+"""What a pipeline run did, read back from ML Metadata: each component's outcome and the figures a
+user looks for (dead letters, anomalies, lwlrap against the baseline, blessing, the pushed path),
+and the lineage of an artifact back to the data folder.
+
+MLMD, not the runner's return value, is the source: it is what TFX records for every execution
+(COMPLETE, CACHED, FAILED, or RUNNING for one that was killed), so the same report works after a
+failure, for a run started elsewhere, or long after the run.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+from ml_metadata.metadata_store import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+
+State = metadata_store_pb2.Execution.State
+OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
+INPUT_EVENTS = (metadata_store_pb2.Event.INPUT, metadata_store_pb2.Event.DECLARED_INPUT)
+
+
+def open_store(sqlite_path: str) -> metadata_store.MetadataStore:
+    if not os.path.exists(sqlite_path):
+        raise FileNotFoundError(f"no ML Metadata store at {sqlite_path}")
+    cfg = metadata_store_pb2.ConnectionConfig()
+    cfg.sqlite.filename_uri = sqlite_path
+    cfg.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    return metadata_store.MetadataStore(cfg)
+
+
+def prop(entity, name: str, default=None):
+    """A (custom) property of an MLMD artifact or execution as a Python value."""
+    for props in (entity.custom_properties, entity.properties):
+        if name in props:
+            value = props[name]
+            kind = value.WhichOneof("value")
+            return getattr(value, kind) if kind else default
+    return default
+
+
+@dataclass
+class ComponentRun:
+    component: str
+    state: str
+    execution: metadata_store_pb2.Execution
+    outputs: dict = field(default_factory=dict)   # key -> [Artifact]
+    inputs: dict = field(default_factory=dict)
+
+
+def _artifacts_by_key(store, execution_id: int, kinds) -> dict:
+    events = [e for e in store.get_events_by_execution_ids([execution_id]) if e.type in kinds]
+    arts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])} if events else {}
+    out: dict = {}
+    for e in events:
+        key = e.path.steps[0].key if e.path.steps else ""
+        out.setdefault(key, []).append(arts[e.artifact_id])
+    return out
+
+
+def latest_run_id(store, pipeline_name: str) -> str | None:
+    """The newest pipeline_run context that holds executions of `pipeline_name`'s nodes."""
+    runs = sorted(store.get_contexts_by_type("pipeline_run"), key=lambda c: (c.create_time_since_epoch, c.id))
+    for run in reversed(runs):
+        for ex in store.get_executions_by_context(run.id):
+            nodes = [c.name for c in store.get_contexts_by_execution(ex.id) if c.type == "node"]
+            if any(n.startswith(pipeline_name + ".") for n in nodes):
+                return run.name
+    return None
+
+
+def component_runs(store, pipeline_name: str, run_id: str) -> list[ComponentRun]:
+    """The executions of one run, in the order they started."""
+    run = store.get_context_by_type_and_name("pipeline_run", run_id)
+    if run is None:
+        raise ValueError(f"no run {run_id!r} in ML Metadata")
+    out = []
+    for ex in sorted(store.get_executions_by_context(run.id), key=lambda e: (e.create_time_since_epoch, e.id)):
+        nodes = [c.name for c in store.get_contexts_by_execution(ex.id) if c.type == "node"]
+        name = next((n[len(pipeline_name) + 1:] for n in nodes if n.startswith(pipeline_name + ".")), None)
+        if name is None:
+            continue
+        out.append(ComponentRun(component=name, state=State.Name(ex.last_known_state), execution=ex,
+                                outputs=_artifacts_by_key(store, ex.id, OUTPUT_EVENTS),
+                                inputs=_artifacts_by_key(store, ex.id, INPUT_EVENTS)))
+    return out
+
+
+def producer(store, artifact_id: int) -> metadata_store_pb2.Execution | None:
+    """The execution that output this artifact (for a cached execution: the one that made it first)."""
+    events = [e for e in store.get_events_by_artifact_ids([artifact_id]) if e.type in OUTPUT_EVENTS]
+    if not events:
+        return None
+    return store.get_executions_by_id([min(e.execution_id for e in events)])[0]
+
+
+def lineage(store, artifact_id: int) -> list[tuple[metadata_store_pb2.Execution, dict]]:
+    """Walk upstream from an artifact: [(producing execution, its inputs by key), ...], breadth first,
+    each execution once. The last AudioExampleGen in it carries the data folder (exec property
+    data_dir) and the fingerprint of what was read there."""
+    seen, chain, frontier = set(), [], [artifact_id]
+    while frontier:
+        art = frontier.pop(0)
+        ex = producer(store, art)
+        if ex is None or ex.id in seen:
+            continue
+        seen.add(ex.id)
+        ins = _artifacts_by_key(store, ex.id, INPUT_EVENTS)
+        chain.append((ex, ins))
+        frontier += [a.id for arts in ins.values() for a in arts]
+    return chain
+
+
+# ---------------------------------------------------------------------------------------------- figures
+
+def evaluation_metrics(evaluation_uri: str) -> dict:
+    """{"candidate": lwlrap, "baseline": lwlrap or None, "examples": count} from TFMA's output."""
+    import tensorflow_model_analysis as tfma
+
+    out = {"candidate": None, "baseline": None, "examples": None}
+    for slice_metrics in tfma.load_metrics(evaluation_uri):
+        if slice_metrics.slice_key.single_slice_keys:
+            continue
+        for kv in slice_metrics.metric_keys_and_values:
+            k = kv.key
+            if k.HasField("sub_key") or k.is_diff:
+                continue
+            who = "baseline" if k.model_name == "baseline" else "candidate"
+            if k.name == "lwlrap":
+                out[who] = kv.value.double_value.value
+            elif k.name == "example_count" and who == "candidate":
+                out["examples"] = int(kv.value.double_value.value)
+    return out
+
+
+def _anomalies(uri: str) -> dict:
+    from tensorflow_metadata.proto.v0 import anomalies_pb2
+
+    found = {}
+    for split in sorted(os.listdir(uri)) if os.path.isdir(uri) else []:
+        path = os.path.join(uri, split, "SchemaDiff.pb")
+        if os.path.exists(path):
+            a = anomalies_pb2.Anomalies()
+            with open(path, "rb") as f:
+                a.ParseFromString(f.read())
+            for feature, info in a.anomaly_info.items():
+                found.setdefault(split.replace("Split-", ""), []).append(f"{feature}: {info.short_description}")
+    return found
+
+
+def describe(run: ComponentRun) -> str:
+    """One line of figures for a component run (empty when there is nothing to say)."""
+    first = lambda key: (run.outputs.get(key) or run.inputs.get(key) or [None])[0]  # noqa: E731
+    try:
+        if run.component == "AudioExampleGen" and first("examples") is not None:
+            ex = first("examples")
+            reasons = json.loads(prop(ex, "failed_by_reason", "{}") or "{}")
+            detail = ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) or "none"
+            return (f"{prop(ex, 'input_rows')} rows -> {prop(ex, 'written')} examples, "
+                    f"{prop(ex, 'dead_letters')} dead letters ({detail}); {ex.uri}")
+        if run.component == "ExampleValidator" and first("anomalies") is not None:
+            found = _anomalies(first("anomalies").uri)
+            return "anomalies: " + ("; ".join(f"{s}: {', '.join(v)}" for s, v in found.items()) or "none")
+        if run.component == "Trainer" and first("model_run") is not None:
+            path = os.path.join(first("model_run").uri, "results.json")
+            if os.path.exists(path):
+                with open(path) as f:
+                    r = json.load(f)
+                return f"eval lwlrap {r['eval_lwlrap']:.4f} after {r['epochs_run']} epochs ({r['train_seconds']:.0f} s)"
+        if run.component == "latest_blessed_model_resolver":
+            models = run.outputs.get("model") or []
+            return f"baseline: model {models[0].id} ({models[0].uri})" if models else "baseline: none (no blessed model yet)"
+        if run.component == "Evaluator" and first("blessing") is not None:
+            m = evaluation_metrics(first("evaluation").uri)
+            blessed = prop(first("blessing"), "blessed") == 1
+            base = f"{m['baseline']:.4f}" if m["baseline"] is not None else "none"
+            cand = f"{m['candidate']:.4f}" if m["candidate"] is not None else "?"
+            return f"lwlrap {cand} on {m['examples']} eval examples, baseline {base} -> {'BLESSED' if blessed else 'NOT BLESSED'}"
+        if run.component == "Pusher" and first("pushed_model") is not None:
+            pm = first("pushed_model")
+            if prop(pm, "pushed") == 1:
+                return f"pushed {prop(pm, 'pushed_destination')}"
+            return "not pushed (model not blessed)"
+    except (OSError, ValueError, KeyError) as e:   # a report must not hide the run's outcome
+        return f"(figures unavailable: {e})"
+    return ""
+
+
+def summary(store, pipeline_name: str, run_id: str, order: tuple[str, ...] = ()) -> list[str]:
+    """One line per component run, in `order` (component ids) where given, else as they started."""
+    rank = {c: i for i, c in enumerate(order)}
+    lines = []
+    for run in sorted(component_runs(store, pipeline_name, run_id), key=lambda r: rank.get(r.component, len(rank))):
+        lines.append(f"  {run.component:<31} {run.state:<9} {describe(run)}".rstrip())
+    return lines
