@@ -53,8 +53,10 @@ def _artifacts_by_key(store, execution_id: int, kinds) -> dict:
     arts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])} if events else {}
     out: dict = {}
     for e in events:
-        key = e.path.steps[0].key if e.path.steps else ""
-        out.setdefault(key, []).append(arts[e.artifact_id])
+        # one event per artifact; its path names every key it was passed under (the same model can
+        # be an Evaluator's `model` and its `baseline_model`)
+        for key in [s.key for s in e.path.steps if s.HasField("key")] or [""]:
+            out.setdefault(key, []).append(arts[e.artifact_id])
     return out
 
 
@@ -167,17 +169,19 @@ def describe(run: ComponentRun) -> str:
                 with open(path) as f:
                     r = json.load(f)
                 return f"eval lwlrap {r['eval_lwlrap']:.4f} after {r['epochs_run']} epochs ({r['train_seconds']:.0f} s)"
-        if run.component == "latest_blessed_model_resolver":
-            models = run.outputs.get("model") or []
-            return f"baseline: model {models[0].id} ({models[0].uri})" if models else "baseline: none (no blessed model yet)"
         if run.component == "Evaluator" and first("blessing") is not None:
             m = evaluation_metrics(first("evaluation").uri)
             blessed = prop(first("blessing"), "blessed") == 1
-            base = f"{m['baseline']:.4f}" if m["baseline"] is not None else "none"
+            baseline = (run.inputs.get("baseline_model") or [None])[0]
+            base = (f"{m['baseline']:.4f} (model {baseline.id})" if baseline is not None and m["baseline"] is not None
+                    else "none (no blessed model yet)")
             cand = f"{m['candidate']:.4f}" if m["candidate"] is not None else "?"
-            return f"lwlrap {cand} on {m['examples']} eval examples, baseline {base} -> {'BLESSED' if blessed else 'NOT BLESSED'}"
+            verdict = "BLESSED" if blessed else "NOT BLESSED"
+            return f"lwlrap {cand} on {m['examples']} eval examples, baseline {base} -> {verdict}"
         if run.component == "Pusher" and first("pushed_model") is not None:
             pm = first("pushed_model")
+            if prop(pm, "pushed") == 1 and prop(pm, "reused_version") == 1:
+                return f"already serving {prop(pm, 'pushed_destination')} (the same model; nothing copied)"
             if prop(pm, "pushed") == 1:
                 return f"pushed {prop(pm, 'pushed_destination')}"
             return "not pushed (model not blessed)"

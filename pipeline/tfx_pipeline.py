@@ -5,7 +5,8 @@
       -> Trainer (run_fn = pipeline.train.run_fn, by import path: no module file, no wheel at run time)
       -> Resolver(LatestBlessedModelStrategy): the baseline = the latest blessed model
       -> Evaluator (TFMA with lwlrap, pipeline.lwlrap_tfma; blesses on BlessingConfig thresholds)
-      -> Pusher (only a blessed model) -> SERVING_ROOT/<model_name>/<version>/
+      -> Pusher (only a blessed model, and not the one already served; components/serving_pusher)
+         -> SERVING_ROOT/<model_name>/<version>/
 
 Every argument is explicit (no module-level settings), as in TFX's templates, so tests, the local
 runner and a Kubeflow compile build the same graph from their own values.
@@ -62,7 +63,10 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_dir: str, se
     from tfx import v1 as tfx
     import tensorflow_data_validation as tfdv
 
+    from tfx.dsl.components.base import executor_spec
+
     from components.audio_example_gen import AudioExampleGen
+    from components.serving_pusher import executor as serving_pusher
 
     config_lib.trainer_config(trainer_preset, trainer_overrides)    # a bad trainer config fails here, not mid-run
     example_gen = AudioExampleGen(data_dir=data_dir, config=example_gen_config)
@@ -89,6 +93,8 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_dir: str, se
         baseline_model=baseline.outputs["model"],
         eval_config=lwlrap_tfma.eval_config(blessing))
     pusher = tfx.components.Pusher(
+        # TFX's Pusher; its executor only skips re-pushing the model that is already served
+        custom_executor_spec=executor_spec.ExecutorClassSpec(serving_pusher.Executor),
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(

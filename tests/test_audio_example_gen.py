@@ -83,7 +83,7 @@ def _run_executor(data_dir, out_dir, **cfg_fields):
     cfg.features.CopyFrom(config.feature_config("small"))
     examples = standard_artifacts.Examples()
     examples.uri = str(out_dir)
-    os.makedirs(out_dir)
+    os.makedirs(out_dir)       # as TFX's launcher does before the executor runs
     ctx = executor.Executor.Context(beam_pipeline_args=BEAM_ARGS)
     executor.Executor(ctx).Do({}, {"examples": [examples]},
                               {inputs.DATA_DIR: str(data_dir), inputs.CONFIG: inputs.config_text(cfg),
@@ -128,8 +128,9 @@ def test_executor_writes_an_examples_artifact_that_tfx_readers_accept(data, tmp_
 def test_executor_fails_above_max_error_ratio_and_keeps_the_report(data, tmp_path):
     data_dir, expected = data
     with pytest.raises(executor.ExampleGenError, match=r"rows failed \(error ratio 0\.429 > --max_error_ratio 0\.05\)"):
-        _run_executor(data_dir, tmp_path / "examples", max_error_ratio=0.05)
-    manifest = json.loads((tmp_path / "examples" / "manifest.json").read_text())
+        _run_executor(data_dir, tmp_path / "AudioExampleGen" / "examples" / "7", max_error_ratio=0.05)
+    kept = tmp_path / "AudioExampleGen" / "failed" / "7"    # TFX removes the failed execution's output
+    manifest = json.loads((kept / "manifest.json").read_text())
     assert manifest["status"] == "failed"
-    letters = (tmp_path / "examples" / "dead_letters.jsonl").read_text().splitlines()
+    letters = (kept / "dead_letters.jsonl").read_text().splitlines()
     assert len(letters) == len(expected["expected_dead"])

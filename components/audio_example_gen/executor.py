@@ -9,12 +9,15 @@ The artifact carries what ExampleGen sets (split_names, payload_format FORMAT_TF
 file_format tfrecords_gzip, input_fingerprint) and the job's counts (input_rows, written,
 dead_letters, failed_by_reason), so a run's bad clips are visible in MLMD. A run whose
 dead letters exceed max_error_ratio, or that leaves a split empty, raises: the component fails
-and nothing downstream runs; its manifest and dead letters stay in the output folder to read.
+and nothing downstream runs. TFX deletes a failed execution's output folders, so the manifest and
+dead letters are first copied to PIPELINE_ROOT/AudioExampleGen/failed/<execution id>/, which the
+error message names.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 
 from tfx.components.util import examples_utils
 from tfx.dsl.components.base import base_beam_executor
@@ -40,6 +43,22 @@ def _deflate(cfg: inputs.AudioExampleGenConfig) -> str:
     return inputs.AudioExampleGenConfig.Deflate.Name(cfg.deflate).lower()   # FAST -> "fast"
 
 
+def _keep_report(uri: str) -> str:
+    """Copy the manifest and dead letters of a failed run out of the artifact folder, which TFX
+    removes on failure: COMPONENT_DIR/failed/<execution id>/ (the artifact is COMPONENT_DIR/examples/<id>)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    uri = uri.rstrip("/")
+    kept = FileSystems.join(os.path.dirname(os.path.dirname(uri)), "failed", os.path.basename(uri))
+    if not FileSystems.exists(kept):
+        FileSystems.mkdirs(kept)
+    for name in (output.MANIFEST, output.DEAD_LETTERS, output.LABELS):
+        src = FileSystems.join(uri, name)
+        if FileSystems.exists(src):
+            FileSystems.copy([src], [FileSystems.join(kept, name)])
+    return kept
+
+
 class Executor(base_beam_executor.BaseBeamExecutor):
     def Do(self, input_dict, output_dict, exec_properties) -> None:
         self._log_startup(input_dict, output_dict, exec_properties)
@@ -63,13 +82,13 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         log.info("Audio ExampleGen: %d rows -> %d examples %s, %d dead letters %s", counts["input_rows"],
                  counts["written"], counts["per_split"], counts["failed"], counts["failed_by_reason"])
         if manifest["status"] != output.STATUS_COMPLETE:
-            raise ExampleGenError(f"the feature job failed: {manifest['status_reason']} "
-                                  f"(dead letters by reason: {counts['failed_by_reason']}; "
-                                  f"{output.join(examples.uri, output.DEAD_LETTERS)})")
+            raise ExampleGenError(f"the feature job failed: {manifest['status_reason']} (dead letters by reason: "
+                                  f"{counts['failed_by_reason']}); report kept in {_keep_report(examples.uri)}")
         empty = [s for s in SPLITS if not counts["per_split"].get(s)]
         if empty:
             raise ExampleGenError(f"split(s) {empty} got no examples ({counts['written']} written, eval_ratio "
-                                  f"{cfg.eval_ratio}); the Trainer and Evaluator need both train and eval")
+                                  f"{cfg.eval_ratio}); the Trainer and Evaluator need both train and eval; "
+                                  f"report kept in {_keep_report(examples.uri)}")
         examples.split_names = artifact_utils.encode_split_names(list(SPLITS))
         examples_utils.set_payload_format(examples, example_gen_pb2.PayloadFormat.FORMAT_TF_EXAMPLE)
         examples_utils.set_file_format(examples, FILE_FORMAT)
