@@ -1,7 +1,8 @@
-# The project's environment for hosts without root, or without debootstrap:
-#   docker build -t fatp .
-#   docker run --rm -v "$PWD/out:/app/out" fatp make demo
-#   docker run --rm fatp make test
+# The project's environment for hosts without root, or without debootstrap, and the image every
+# step of the Kubeflow V2 / Vertex pipeline runs in (pipeline/kubeflow.py: DEFAULT_IMAGE):
+#   docker build -t fat-audio-pipeline:0.1.0 .
+#   docker run --rm -v "$PWD/out:/app/out" fat-audio-pipeline:0.1.0 make demo
+#   docker run --rm fat-audio-pipeline:0.1.0 make test
 # Debian 13 has glibc 2.41, which TFX 1.21's wheels need (BUILD_NOTES.md), so .ci/inenv takes its
 # native venv path here, exactly as on a Debian 13 host.
 FROM debian:trixie-slim

@@ -103,13 +103,25 @@ def build(args, beam_args: list[str]):
     return pipeline, os.path.abspath(metadata)
 
 
+class _AtLeast(logging.Filter):
+    """absl resets its logger's level when TFX configures it; a filter stays."""
+
+    def __init__(self, level: int):
+        super().__init__()
+        self._level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self._level
+
+
 def _quiet(level: str) -> None:
-    """TFX, Beam and TensorFlow log every step at INFO; the report at the end is what a user reads."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """TFX, Beam and TensorFlow log every step at INFO; the report at the end is what a user reads
+    (the Trainer's per-epoch lines stay: they are the progress of the long step)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     for name in ("absl", "apache_beam", "tensorflow", "tfx", "ml_metadata"):
         logging.getLogger(name).setLevel(level.upper())
+        logging.getLogger(name).addFilter(_AtLeast(logging.getLevelName(level.upper())))
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -144,6 +156,7 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def main() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # before TensorFlow is imported
     sys.exit(run())
 
 
