@@ -7,7 +7,9 @@ librosa.load uses by default, so clips decode exactly as the seed kernel's libro
 tensorflow-io is not used: it cannot load under TF 2.21 (BUILD_NOTES.md).
 
 Every way a file can be bad raises AudioError with a short machine-readable reason, which the Beam
-job turns into a dead-letter row.
+job turns into a dead-letter row. Sizes are checked against the FeatureConfig's DecodeLimits from
+the header (soundfile.info) before anything is decoded, and decoding stops one frame past the limit
+whatever the header says, so no file can make a worker decode hours of audio.
 """
 from __future__ import annotations
 
@@ -18,6 +20,10 @@ import struct
 import numpy as np
 import soundfile as sf
 import soxr
+
+from pipeline.protos import feature_config_pb2
+
+DecodeLimits = feature_config_pb2.DecodeLimits
 
 
 class AudioError(ValueError):
@@ -48,16 +54,42 @@ def check_wav_complete(data: bytes) -> None:
     raise AudioError("truncated", "WAV file has no data chunk")
 
 
-def decode(data: bytes, target_sr: int) -> tuple[np.ndarray, dict]:
+def check_file_size(size: int, limits: DecodeLimits) -> None:
+    """Raise AudioError('too_large') for a file over the limit, before it is read."""
+    if size > limits.max_file_bytes:
+        raise AudioError("too_large", f"{size} bytes > the limit of {limits.max_file_bytes} (DecodeLimits.max_file_bytes)")
+
+
+def _soundfile_error(e: Exception) -> AudioError:
+    message = str(e).split(": ", 1)[-1]  # drop "Error opening <_io.BytesIO ...>"
+    return AudioError("not_audio", f"soundfile cannot decode it: {message}")
+
+
+def decode(data: bytes, target_sr: int, limits: DecodeLimits | None = None) -> tuple[np.ndarray, dict]:
     """Bytes of an audio file -> (mono float32 waveform at target_sr, info about the source)."""
+    limits = limits if limits is not None else DecodeLimits()
     if not data:
         raise AudioError("empty_file", "file has 0 bytes")
+    check_file_size(len(data), limits)
     check_wav_complete(data)
     try:
-        audio, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        header = sf.info(io.BytesIO(data))
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-        message = str(e).split(": ", 1)[-1]  # drop "Error opening <_io.BytesIO ...>"
-        raise AudioError("not_audio", f"soundfile cannot decode it: {message}") from None
+        raise _soundfile_error(e) from None
+    sr = int(header.samplerate)
+    if not limits.min_source_sample_rate <= sr <= limits.max_source_sample_rate:
+        raise AudioError("bad_sample_rate", f"{sr} Hz is outside [{limits.min_source_sample_rate}, "
+                                            f"{limits.max_source_sample_rate}] Hz (DecodeLimits)")
+    max_frames = int(limits.max_source_seconds * sr)
+    too_long = f"longer than {limits.max_source_seconds:g} s (DecodeLimits.max_source_seconds)"
+    if header.frames > max_frames:
+        raise AudioError("too_long", f"the header declares {header.frames / sr:.1f} s, {too_long}")
+    try:  # one frame past the limit at most, whatever the header said
+        audio, sr = sf.read(io.BytesIO(data), frames=max_frames + 1, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+        raise _soundfile_error(e) from None
+    if audio.shape[0] > max_frames:
+        raise AudioError("too_long", f"decodes to more than {max_frames} frames, {too_long}")
     frames, channels = audio.shape
     info = {"source_sample_rate": int(sr), "source_channels": int(channels), "source_seconds": frames / float(sr)}
     if frames == 0:

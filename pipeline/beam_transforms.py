@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import stat
 import time
 import uuid
 from dataclasses import dataclass
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import window
@@ -41,7 +44,7 @@ def split_of(fname: str, eval_ratio: float) -> str:
 @dataclass(frozen=True)
 class Clip:
     row: kaggle_layout.Row
-    waveform: object  # np.ndarray, mono float32 at the config's sample rate
+    waveform: object  # np.ndarray, mono float32 at the config's sample rate: the part the features use
     source_seconds: float
 
 
@@ -71,28 +74,86 @@ class ReadRows(beam.PTransform):
         return {"rows": parsed.rows | "Spread" >> beam.Reshuffle(), DEAD: parsed[DEAD]}
 
 
+def _local_file_problem(path: str, audio_dir: str) -> str | None:
+    """Why a local path must not be read: it resolves outside the audio folder (a symlink), or it is
+    not a regular file (a FIFO would block the worker, a device file never ends). None when fine
+    or when the path is not local (object stores have neither)."""
+    if "://" in path:
+        return None
+    real, root = os.path.realpath(path), os.path.realpath(audio_dir)
+    if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
+        return f"resolves to {real}, outside the audio folder {root}"
+    try:
+        mode = os.stat(real).st_mode
+    except FileNotFoundError:
+        return None   # reported as missing_file by the read
+    if not stat.S_ISREG(mode):
+        return "not a regular file (a directory, FIFO, socket or device)"
+    return None
+
+
 class _DecodeAudio(beam.DoFn):
-    def __init__(self, audio_dir: str, sample_rate: int):
-        self._audio_dir, self._sample_rate = audio_dir, sample_rate
+    """Row -> Clip: checks, reads (with retries), decodes, resamples, and keeps only the samples the
+    feature function will use (features.window_keeper), so a clip costs at most one window of
+    memory from here on. Any failure of one clip is that clip's dead letter."""
+
+    READ_ATTEMPTS = 4
+    RETRY_DELAY_S = 0.5        # doubled after each failed attempt: 0.5, 1, 2 s
+
+    def __init__(self, audio_dir: str, config_text: str):
+        self._audio_dir, self._config_text = audio_dir, config_text
+
+    def setup(self):
+        from pipeline import features
+
+        self._cfg = config_lib.from_text(self._config_text)
+        self._keep = features.window_keeper(self._cfg)
+
+    def _read(self, path: str) -> bytes:
+        """The file's bytes; transient errors are retried with back-off before they count."""
+        for attempt in range(self.READ_ATTEMPTS):
+            try:
+                with FileSystems.open(path, compression_type="uncompressed") as f:
+                    return f.read()
+            except Exception:  # noqa: BLE001 -- FileSystems wraps every error in BeamIOError
+                if attempt == self.READ_ATTEMPTS - 1 or not FileSystems.exists(path):
+                    raise
+                Metrics.counter(NAMESPACE, "read_retries").inc()
+                time.sleep(self.RETRY_DELAY_S * 2 ** attempt)
+        raise AssertionError("unreachable")
 
     def process(self, row: kaggle_layout.Row):
         path = FileSystems.join(self._audio_dir, row.fname)
+        problem = _local_file_problem(path, self._audio_dir)
+        if problem:
+            yield dead_letter(row.fname, row.line, "read", "unsafe_path", problem)
+            return
         try:
-            with FileSystems.open(path, compression_type="uncompressed") as f:
-                data = f.read()
-        except Exception as e:  # FileSystems wraps errors in BeamIOError; tell missing from unreadable
+            matches = FileSystems.match([path])[0].metadata_list
+            if matches:
+                audio.check_file_size(matches[0].size_in_bytes, self._cfg.limits)
+            data = self._read(path)
+        except audio.AudioError as e:
+            yield dead_letter(row.fname, row.line, "read", e.reason, e.detail)
+            return
+        except Exception as e:  # noqa: BLE001 -- tell missing from unreadable
             if not FileSystems.exists(path):
                 yield dead_letter(row.fname, row.line, "read", "missing_file", f"{path} does not exist")
             else:
                 yield dead_letter(row.fname, row.line, "read", "read_error", f"{type(e).__name__}: {e}")
             return
         try:
-            waveform, info = audio.decode(data, self._sample_rate)
+            waveform, info = audio.decode(data, self._cfg.sample_rate, self._cfg.limits)
+            del data
+            kept = self._keep(waveform)
         except audio.AudioError as e:
             yield dead_letter(row.fname, row.line, "decode", e.reason, e.detail)
             return
+        except Exception as e:  # noqa: BLE001 -- resampling, trimming: still this clip's problem only
+            yield dead_letter(row.fname, row.line, "decode", "decode_error", f"{type(e).__name__}: {e}")
+            return
         Metrics.counter(NAMESPACE, "clips_decoded").inc()
-        yield Clip(row, waveform, info["source_seconds"])
+        yield Clip(row, np.ascontiguousarray(kept), info["source_seconds"])
 
 
 class _ComputeFeatures(beam.DoFn):
@@ -114,7 +175,8 @@ class _ComputeFeatures(beam.DoFn):
             except RuntimeError:  # TF already initialized in this process (e.g. a DirectRunner thread)
                 pass
         self._pad_batch = features.pad_batch
-        self._fn = features.feature_fn(config_lib.from_text(self._config_text))
+        # clips arrive already trimmed and cut to the window by _DecodeAudio (features.window_keeper)
+        self._fn = features.feature_fn(features.without_trim(config_lib.from_text(self._config_text)))
         self._done, self._t0, self._last_log = 0, time.time(), time.time()
 
     def _run(self, clips):
@@ -146,7 +208,8 @@ class _ComputeFeatures(beam.DoFn):
 
 
 class ComputeFeatures(beam.PTransform):
-    """Rows -> decoded audio -> batched feature function -> (Clip, mel [frames, n_mels])."""
+    """Rows -> decoded audio, trimmed and cut to the window -> batched feature function ->
+    (Clip, mel [frames, n_mels])."""
 
     def __init__(self, audio_dir: str, cfg: config_lib.FeatureConfig, batch_size: int, intra_op_threads: int = 0):
         super().__init__()
@@ -154,7 +217,7 @@ class ComputeFeatures(beam.PTransform):
         self._batch_size, self._threads = batch_size, intra_op_threads
 
     def expand(self, rows):
-        decoded = rows | "Decode" >> beam.ParDo(_DecodeAudio(self._audio_dir, self._cfg.sample_rate)).with_outputs(
+        decoded = rows | "Decode" >> beam.ParDo(_DecodeAudio(self._audio_dir, config_lib.to_text(self._cfg))).with_outputs(
             DEAD, main="clips")
         featurized = (decoded.clips
                       | "Batch" >> beam.BatchElements(min_batch_size=self._batch_size, max_batch_size=self._batch_size)
@@ -197,7 +260,8 @@ def finalize_shards(_, infos: list[dict], out_dir: str, tmp_dir: str, split_pref
     """Rename the bundles' files to OUT/<prefix><split>/data-NNNNN-of-MMMMM.tfrecord.gz; drop orphans.
 
     Orphans are files of bundles that a runner retried: only the files reported by committed
-    bundles (`infos`) are kept.
+    bundles (`infos`) are kept. Safe to run again after a partial or complete run (a retried
+    step): a shard already renamed is left in place.
     """
     summary = {}
     for split in sorted({i["split"] for i in infos}):
@@ -208,7 +272,10 @@ def finalize_shards(_, infos: list[dict], out_dir: str, tmp_dir: str, split_pref
             FileSystems.mkdirs(split_dir)
         for n, info in enumerate(mine):
             rel = f"{split_prefix}{split}/data-{n:05d}-of-{len(mine):05d}.tfrecord.gz"
-            FileSystems.rename([info["tmp_path"]], [FileSystems.join(out_dir, rel)])
+            final = FileSystems.join(out_dir, rel)
+            # idempotent: a runner may retry this step after some renames were done
+            if FileSystems.exists(info["tmp_path"]) or not FileSystems.exists(final):
+                FileSystems.rename([info["tmp_path"]], [final])
             files.append({"path": rel, "records": info["records"]})
         summary[split] = {"records": sum(f["records"] for f in files), "files": files}
     leftovers = [m.path for m in FileSystems.match([FileSystems.join(tmp_dir, "*")])[0].metadata_list]

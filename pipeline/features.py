@@ -177,6 +177,37 @@ def feature_fn(cfg: FeatureConfig) -> tf.types.experimental.PolymorphicFunction:
     return tf.function(lambda w, n: compute_features(w, n, cfg), input_signature=signature)
 
 
+def without_trim(cfg: FeatureConfig) -> FeatureConfig:
+    """cfg with trimming off: the feature function for clips already cut by `window_keeper`."""
+    out = FeatureConfig()
+    out.CopyFrom(cfg)
+    out.trim.enabled = False
+    return out
+
+
+def window_keeper(cfg: FeatureConfig):
+    """A function clip -> the samples of it that the feature function keeps: the trimmed part, cropped
+    to the window. For every clip,
+
+        compute_features(clip, cfg) == compute_features(keep(clip), without_trim(cfg))
+
+    exactly (fit_window slices [start, start + min(end - start, n)) and centres what it kept), so the
+    Beam job trims each clip alone, right after decoding, and holds and batches at most one window
+    per clip instead of padding a batch to its longest clip. trim_bounds itself runs here, the same
+    function the serving graph runs."""
+    n = config_lib.clip_samples(cfg)
+    if not cfg.trim.enabled:
+        return lambda w: w[:n]
+    bounds = tf.function(lambda w, length: trim_bounds(w, length, cfg),
+                         input_signature=[tf.TensorSpec([1, None], tf.float32), tf.TensorSpec([1], tf.int32)])
+
+    def keep(waveform: np.ndarray) -> np.ndarray:
+        start, end = (int(v[0]) for v in bounds(waveform[np.newaxis, :], np.array([len(waveform)], np.int32)))
+        return waveform[start:start + min(end - start, n)]
+
+    return keep
+
+
 def pad_batch(waveforms: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Zero-pad a list of 1-D float32 waveforms into ([batch, max_len], lengths)."""
     lengths = np.array([len(w) for w in waveforms], dtype=np.int32)

@@ -211,7 +211,8 @@ def make_spec(*, output_dir: str, cfg: config_lib.FeatureConfig, data_dir: str |
     return JobSpec(csv_path=csv_path, audio_dir=audio_path, output_dir=output_dir, vocabulary=vocabulary, cfg=cfg,
                    mode=mode, eval_ratio=eval_ratio, max_error_ratio=max_error_ratio, batch_size=batch_size,
                    intra_op_threads=intra_op_threads, compression=compression, split_prefix=split_prefix,
-                   inputs={"csv": csv_path, "audio_dir": audio_path, "labels": labels_path, **(inputs or {})})
+                   inputs={"csv": csv_path, "audio_dir": audio_path, "labels": labels_path,
+                           **({"data_dir": data_dir} if data_dir else {}), **(inputs or {})})
 
 
 def _resolve(args: argparse.Namespace) -> JobSpec:
@@ -230,7 +231,8 @@ def _resolve(args: argparse.Namespace) -> JobSpec:
 def start(spec: JobSpec, overwrite: bool) -> None:
     """Prepare the output directory (output.prepare: refuses a used one unless `overwrite`) and
     write the label vocabulary, before the pipeline runs."""
-    output.prepare(spec.output_dir, overwrite)
+    inputs = [spec.csv_path, spec.audio_dir, spec.inputs.get("labels"), spec.inputs.get("data_dir")]
+    output.prepare(spec.output_dir, overwrite, inputs=[p for p in inputs if p])
     output.write_text(output.join(spec.output_dir, output.LABELS), "\n".join(spec.vocabulary) + "\n")
 
 

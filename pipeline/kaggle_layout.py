@@ -64,7 +64,16 @@ def unsafe_path_reason(fname: str) -> str | None:
     normalized = posixpath.normpath(fname)
     if normalized == ".." or normalized.startswith("../") or "/../" in f"/{fname}/":
         return "path climbs out of the audio folder with '..'"
+    if normalized == ".":
+        return "names the audio folder itself, not a file"
     return None
+
+
+def normalize_fname(fname: str) -> str:
+    """The one spelling of a safe file name ("./a.wav", "a.wav/" and "a//b.wav" are "a.wav", "a.wav"
+    and "a/b.wav"), used for the duplicate check, the train/eval hash and the examples, so that one
+    clip cannot be listed twice under two spellings and land in both splits."""
+    return posixpath.normpath(fname)
 
 
 def parse_rows(text: str, vocabulary: list[str] | None) -> tuple[list[Row], list[BadRow]]:
@@ -93,8 +102,10 @@ def parse_rows(text: str, vocabulary: list[str] | None) -> tuple[list[Row], list
         if why:
             bad.append(BadRow(fname, line, "unsafe_path", why))
             continue
+        raw, fname = fname, normalize_fname(fname)
         if fname in seen:
-            bad.append(BadRow(fname, line, "duplicate_fname", f"already listed on line {seen[fname]}"))
+            same = "" if raw == fname else f" as {fname!r}"
+            bad.append(BadRow(raw, line, "duplicate_fname", f"already listed{same} on line {seen[fname]}"))
             continue
         seen[fname] = line
         if vocabulary is None:

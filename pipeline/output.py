@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -32,12 +34,53 @@ def join(*parts: str) -> str:
     return FileSystems.join(*parts)
 
 
+# What a run of the job writes, relative to its output directory: split folders of shards (plain,
+# or "Split-<name>" for a TFX Examples artifact), the bundles' temporary folder, the three report
+# files and write_text's temporary names. Nothing else is ever deleted by --overwrite.
+_JOB_FILE = re.compile(r"^(?:(?:Split-)?(?:train|eval|test)/data-\d{5}-of-\d{5}\.tfrecord\.gz"
+                       r"|_tmp/[\w-]+\.tfrecord\.gz"
+                       r"|(?:manifest\.json|labels\.txt|dead_letters\.jsonl)(?:\.tmp)?)$")
+
+
 def list_files(directory: str) -> list[str]:
+    """Every file under `directory`, recursively ([] when it does not exist). A listing error
+    raises OutputError: an unreadable folder is never taken for an empty one."""
     try:
         matches = FileSystems.match([join(directory, "**")])[0].metadata_list
-    except Exception:  # a directory that does not exist matches nothing
-        return []
+    except Exception as e:  # noqa: BLE001 -- Beam wraps every filesystem error in BeamIOError
+        raise OutputError(f"cannot list {directory}: {type(e).__name__}: {e}") from None
     return sorted(m.path for m in matches)
+
+
+def _relative(directory: str, path: str) -> str:
+    prefix = directory.rstrip("/") + "/"
+    return path[len(prefix):] if path.startswith(prefix) else path
+
+
+def is_job_file(relative_path: str) -> bool:
+    return bool(_JOB_FILE.match(relative_path))
+
+
+def _local_real(path: str) -> str | None:
+    return None if "://" in path else os.path.realpath(path)
+
+
+def _within(inner: str, outer: str) -> bool:
+    a, b = _local_real(inner), _local_real(outer)
+    if (a is None) != (b is None):
+        return False
+    a, b = (a, b) if a is not None else (inner.rstrip("/"), outer.rstrip("/"))
+    return a == b or a.startswith(b.rstrip("/") + "/")
+
+
+def check_separate(directory: str, inputs: list[str]) -> None:
+    """Refuse an output directory that contains an input (the job could overwrite or delete its own
+    data) or lies inside one (its files would become data on the next run)."""
+    for path in inputs:
+        if _within(path, directory):
+            raise OutputError(f"the output directory {directory} contains the input {path}; choose another one")
+        if _within(directory, path):
+            raise OutputError(f"the output directory {directory} lies inside the input {path}; choose another one")
 
 
 def read_text(path: str) -> str:
@@ -71,11 +114,22 @@ def write_json(path: str, obj: dict) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True))
 
 
-def prepare(directory: str, overwrite: bool) -> None:
-    """Make `directory` ready for a new run, or refuse with the reason and the way out."""
+def prepare(directory: str, overwrite: bool, inputs: list[str] = ()) -> None:
+    """Make `directory` ready for a new run, or refuse with the reason and the way out.
+
+    Refused: an output that contains or lies inside one of `inputs`; a folder that cannot be
+    listed; without `overwrite`, any file; with it, any file a run of this job does not write
+    (overwrite deletes only the job's own files, never a stranger's)."""
+    check_separate(directory, list(inputs))
     files = list_files(directory)
     if not files:
         return
+    foreign = [_relative(directory, f) for f in files if not is_job_file(_relative(directory, f))]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise OutputError(f"{directory} holds {len(foreign)} files this job did not write ({shown}); "
+                          f"refusing to write there{' even with --overwrite' if overwrite else ''}: "
+                          f"use an empty or new output directory")
     manifest = read_manifest(directory)
     if not overwrite:
         if manifest is not None:

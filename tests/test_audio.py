@@ -158,3 +158,66 @@ def test_resample_same_rate_is_identity():
     got = audio.resample(y, 16000, 16000)
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got, y)
+
+
+# ---------------------------------------------------------------------------------------------
+# decode limits: files that would exhaust a worker become dead letters before they are decoded
+
+
+def limits(**fields):
+    return audio.DecodeLimits(**fields)
+
+
+def test_a_header_declaring_too_long_a_clip_is_refused_before_decoding(monkeypatch):
+    data = wav_bytes(np.zeros(4 * 16000, np.float32))        # 4 s
+    monkeypatch.setattr(audio.sf, "read", lambda *a, **k: pytest.fail("decoded despite the header"))
+    with pytest.raises(audio.AudioError, match=r"declares 4\.0 s, longer than 2 s") as e:
+        audio.decode(data, 16000, limits(max_source_seconds=2))
+    assert e.value.reason == "too_long"
+
+
+def test_decoding_stops_past_the_limit_whatever_the_header_says(monkeypatch):
+    """A header that under-declares (a stand-in for a lying or length-less header: soundfile.info is
+    made to report 1 s for a 4 s file) cannot make decode read the whole file."""
+    data = wav_bytes(np.zeros(4 * 16000, np.float32))
+    real_info, real_read, asked = audio.sf.info, audio.sf.read, []
+
+    def lying_info(f):
+        i = real_info(f)
+        i.frames = 16000
+        return i
+
+    def read(f, frames=-1, **kw):
+        asked.append(frames)
+        return real_read(f, frames=frames, **kw)
+
+    monkeypatch.setattr(audio.sf, "info", lying_info)
+    monkeypatch.setattr(audio.sf, "read", read)
+    with pytest.raises(audio.AudioError, match="decodes to more than 32000 frames") as e:
+        audio.decode(data, 16000, limits(max_source_seconds=2))
+    assert e.value.reason == "too_long" and asked == [32001]
+
+
+@pytest.mark.parametrize("sr", [1, 400, 500000])
+def test_sample_rates_outside_the_limits(sr):
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(64, np.float32), sr, format="WAV", subtype="PCM_16")
+    with pytest.raises(audio.AudioError, match=f"{sr} Hz is outside \\[2000, 384000\\]") as e:
+        audio.decode(buf.getvalue(), 44100)
+    assert e.value.reason == "bad_sample_rate"
+
+
+def test_files_over_the_byte_limit():
+    data = wav_bytes(np.zeros(1000, np.float32))
+    with pytest.raises(audio.AudioError, match=f"{len(data)} bytes > the limit of 1000") as e:
+        audio.decode(data, 16000, limits(max_file_bytes=1000))
+    assert e.value.reason == "too_large"
+    audio.decode(data, 16000, limits(max_file_bytes=len(data)))   # at the limit: accepted
+
+
+def test_clips_within_the_limits_decode_as_before():
+    y = np.sin(np.arange(3 * 8000) / 5.0).astype(np.float32) * 0.5
+    got, info = audio.decode(wav_bytes(y, sr=8000), 16000, limits(max_source_seconds=3))
+    ref, _ = audio.decode(wav_bytes(y, sr=8000), 16000)
+    np.testing.assert_array_equal(got, ref)
+    assert info["source_seconds"] == 3.0

@@ -301,3 +301,123 @@ def test_wrong_csv_fails_before_the_pipeline(data, tmp_path):
         job.run(["--data_dir", str(data.root), "--csv", str(data.root / "sample_submission.csv"),
                  "--output_dir", str(tmp_path / "out"), "--preset", "small"])
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------ hostile inputs
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    """A Kaggle layout whose rows each try to break the job: two spellings of one clip, a symlink out
+    of the audio folder, a FIFO (a read would block forever), a 1 Hz file, a clip over the length
+    limit and a file over the byte limit (limits lowered in the feature config so no big file is
+    written), next to three good clips."""
+    import soundfile as sf
+
+    root = tmp_path_factory.mktemp("hostile") / "data"
+    audio_dir = root / "train_curated"
+    audio_dir.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    for name in ("a.wav", "b.wav", "c.wav"):
+        sf.write(audio_dir / name, demo_data.make_clip([1, 5], 16000, rng), 16000, subtype="PCM_16")
+    sf.write(root / "outside.wav", demo_data.make_clip([2], 16000, rng), 16000, subtype="PCM_16")
+    os.symlink(root / "outside.wav", audio_dir / "link.wav")
+    os.mkfifo(audio_dir / "fifo.wav")
+    sf.write(audio_dir / "rate1.wav", np.zeros(64, np.float32), 1, subtype="PCM_16")
+    sf.write(audio_dir / "long.wav", 0.1 * np.ones(4000 * 5, np.float32), 4000, subtype="PCM_16")    # 5 s, 40 KB
+    sf.write(audio_dir / "big.wav", 0.1 * np.ones(16000 * 2, np.float32), 16000, subtype="FLOAT")     # 2 s, 128 KB
+    rows = [("a.wav", "Bark"), ("./a.wav", "Bark"), ("b.wav", "Bark"), ("c.wav/", "Gong"), ("link.wav", "Bark"),
+            ("fifo.wav", "Bark"), ("rate1.wav", "Bark"), ("long.wav", "Bark"), ("big.wav", "Bark")]
+    with open(root / "train_curated.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("fname", "labels"), *rows])
+    with open(root / "sample_submission.csv", "w", newline="") as f:
+        csv.writer(f).writerow(["fname", *demo_data.LABELS])
+    (root / "features.pbtxt").write_text("limits { max_source_seconds: 3 max_file_bytes: 80000 }")
+    out = root.parent / "out"
+    rc = job.run(["--data_dir", str(root), "--output_dir", str(out), "--preset", "small", "--max_error_ratio", "1",
+                  "--feature_config", str(root / "features.pbtxt"), "--log_level", "WARNING"])
+    letters = [json.loads(x) for x in (out / "dead_letters.jsonl").read_text().splitlines()]
+    return SimpleNamespace(rc=rc, out=out, manifest=output.read_manifest(str(out)),
+                           reasons={d["fname"]: d["reason"] for d in letters})
+
+
+def test_hostile_rows_become_dead_letters_and_the_rest_goes_through(hostile):
+    assert hostile.rc == 0
+    assert hostile.reasons == {"./a.wav": "duplicate_fname", "link.wav": "unsafe_path", "fifo.wav": "unsafe_path",
+                               "rate1.wav": "bad_sample_rate", "long.wav": "too_long", "big.wav": "too_large"}
+    counts = hostile.manifest["counts"]
+    assert counts["input_rows"] == 9 and counts["written"] == 3
+    fnames = sorted(f for recs in read_records(str(hostile.out), hostile.manifest).values()
+                    for f in parse(recs)["fname"].numpy().astype(str))
+    assert fnames == ["a.wav", "b.wav", "c.wav"]     # "c.wav/" written under its one spelling
+
+
+def test_transient_read_errors_are_retried_and_persistent_ones_reported(tmp_path, monkeypatch):
+    """FileSystems.open is made to fail (a stand-in for a flaky disk or object store, which cannot be
+    produced on demand here) twice, then for good."""
+    import soundfile as sf
+
+    sf.write(tmp_path / "a.wav", demo_data.make_clip([3], 16000, np.random.default_rng(0)), 16000)
+    fn = bt._DecodeAudio(str(tmp_path), config.to_text(CFG))
+    fn.setup()
+    fn.RETRY_DELAY_S = 0.0
+    real_open, failures = bt.FileSystems.open, []
+
+    def flaky(path, *a, **k):
+        if len(failures) < budget[0]:
+            failures.append(path)
+            raise OSError("connection reset")
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(bt.FileSystems, "open", flaky)
+    budget = [2]
+    out = list(fn.process(kaggle_layout_row("a.wav")))
+    assert len(failures) == 2 and len(out) == 1 and isinstance(out[0], bt.Clip)
+    failures.clear()
+    budget[0] = 99
+    out = list(fn.process(kaggle_layout_row("a.wav")))
+    assert len(failures) == bt._DecodeAudio.READ_ATTEMPTS
+    assert out[0].value["reason"] == "read_error" and "connection reset" in out[0].value["detail"]
+
+
+def kaggle_layout_row(fname):
+    from pipeline.kaggle_layout import Row
+
+    return Row(fname, 2, (0,))
+
+
+def test_shard_finalization_survives_being_retried(tmp_path):
+    tmp = tmp_path / "_tmp"
+    tmp.mkdir()
+    infos = []
+    for i, split in enumerate(["train", "train", "eval"]):
+        p = tmp / f"{split}-{i:032x}.tfrecord.gz"
+        p.write_bytes(f"shard {i}".encode())
+        infos.append({"split": split, "tmp_path": str(p), "records": i + 1})
+    first = bt.finalize_shards(None, infos, str(tmp_path), str(tmp))
+    again = bt.finalize_shards(None, infos, str(tmp_path), str(tmp))
+    assert first == again
+    assert (tmp_path / "train" / "data-00001-of-00002.tfrecord.gz").read_bytes() == b"shard 1"
+    assert not tmp.exists()
+
+
+def test_output_inside_the_data_folder_is_refused(data, tmp_path):
+    assert run_job(data, data.root / "examples", *LENIENT) == 2
+    assert not (data.root / "examples").exists()
+
+
+def test_a_clip_that_breaks_its_batch_takes_no_batch_mate_with_it():
+    """A clip whose waveform cannot be batched (2-D: the shape of a decoding bug) fails the batch call;
+    the batch is retried clip by clip, so only that clip becomes a dead letter."""
+    fn = bt._ComputeFeatures(config.to_text(CFG), 0)
+    fn.setup()
+    rng = np.random.default_rng(5)
+    good = [bt.Clip(kaggle_layout_row(f"g{i}.wav"), rng.normal(0, 0.1, 16000).astype(np.float32), 1.0)
+            for i in range(2)]
+    bad = bt.Clip(kaggle_layout_row("bad.wav"), np.zeros((100, 2), np.float32), 1.0)
+    out = list(fn.process([good[0], bad, good[1]]))
+    mels = [o for o in out if isinstance(o, tuple)]
+    dead = [o.value for o in out if not isinstance(o, tuple)]
+    assert [c.row.fname for c, _ in mels] == ["g0.wav", "g1.wav"]
+    assert [(d["fname"], d["reason"]) for d in dead] == [("bad.wav", "feature_error")]
+    alone = features.feature_fn(features.without_trim(CFG))(*features.pad_batch([good[0].waveform])).numpy()
+    np.testing.assert_array_equal(mels[0][1], alone[0])    # the same traced function, alone

@@ -297,3 +297,19 @@ def test_pad_batch():
     np.testing.assert_array_equal(w, [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
     w, n = features.pad_batch([np.zeros(0, np.float32)])
     assert w.shape == (1, 1) and n.tolist() == [0]
+
+
+@pytest.mark.parametrize("cfg", [SMALL64, config.feature_config("small", "trim { enabled: false }")],
+                         ids=["trim", "no_trim"])
+def test_window_keeper_then_no_trim_equals_the_feature_function_exactly(cfg):
+    """What the Beam job does (trim each clip alone, keep one window, then the feature function without
+    trim) gives the very features of the feature function on the whole clip, bit for bit."""
+    clips = list(edge_clips(cfg.sample_rate).values()) + random_clips(cfg, 6, seed=11)
+    keep = features.window_keeper(cfg)
+    kept = [keep(c) for c in clips]
+    n = config.clip_samples(cfg)
+    assert all(len(k) <= n for k in kept)
+    assert any(len(c) > n for c in clips) and any(len(k) < len(c) for k, c in zip(kept, clips))
+    full = features.compute_features(*features.pad_batch(clips), cfg).numpy()
+    cut = features.compute_features(*features.pad_batch(kept), features.without_trim(cfg)).numpy()
+    np.testing.assert_array_equal(cut, full)

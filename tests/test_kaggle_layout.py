@@ -116,7 +116,7 @@ def test_every_data_line_is_one_row_or_one_bad_row():
     lines = sorted([r.line for r in good] + [b.line for b in bad])
     assert lines == [n for n in range(2, 18) if n != 5]  # line 5 is blank: not a row
     assert [(r.fname, r.line, r.labels) for r in good] == [
-        ("ok1.wav", 2, (0,)), ("sub/ok2.wav", 6, (0, 1)), ("./ok3.wav", 17, (2,))]
+        ("ok1.wav", 2, (0,)), ("sub/ok2.wav", 6, (0, 1)), ("ok3.wav", 17, (2,))]  # "./ok3.wav" normalized
 
 
 def test_bad_row_reasons():

@@ -99,3 +99,65 @@ def test_write_json_leaves_no_temporary_file(tmp_path):
     output.write_json(str(path), {"c": 3})  # replaces an existing file
     assert json.loads(path.read_text()) == {"c": 3}
     assert output.read_manifest(str(tmp_path)) is None  # not called manifest.json
+
+
+def test_overwrite_refuses_files_the_job_did_not_write_and_deletes_nothing(tmp_path):
+    """Reproduces the data loss: --overwrite used to delete a whole folder, .git included."""
+    make_run(tmp_path, output.STATUS_COMPLETE)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "thesis.tex").write_text("chapter 1")
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "HEAD").write_text("ref: refs/heads/main")
+    before = output.list_files(str(tmp_path))
+    with pytest.raises(output.OutputError, match=r"holds 2 files this job did not write \(\.git/HEAD, src/thesis\.tex\)"
+                                                 r".*even with --overwrite"):
+        output.prepare(str(tmp_path), overwrite=True)
+    assert output.list_files(str(tmp_path)) == before
+
+
+def test_overwrite_removes_every_kind_of_file_a_run_writes(tmp_path):
+    make_run(tmp_path, output.STATUS_COMPLETE)
+    for rel in ("eval/data-00003-of-00004.tfrecord.gz", "Split-train/data-00000-of-00001.tfrecord.gz",
+                "test/data-00000-of-00002.tfrecord.gz", "_tmp/train-0123abcd.tfrecord.gz", "labels.txt.tmp",
+                "manifest.json.tmp"):
+        (tmp_path / rel).parent.mkdir(exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    output.prepare(str(tmp_path), overwrite=True)
+    assert output.list_files(str(tmp_path)) == []
+
+
+@pytest.mark.parametrize("name", ["train/notes.txt", "train/data-0-of-1.tfrecord.gz", "labels.txt.bak",
+                                  "other/data-00000-of-00001.tfrecord.gz", "manifest.json/x"])
+def test_files_that_only_look_like_the_jobs_are_foreign(tmp_path, name):
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / name).write_text("mine")
+    with pytest.raises(output.OutputError, match="did not write"):
+        output.prepare(str(tmp_path), overwrite=True)
+    assert (tmp_path / name).exists()
+
+
+def test_output_and_input_folders_must_not_contain_each_other(tmp_path):
+    data = tmp_path / "data"
+    (data / "train_curated").mkdir(parents=True)
+    with pytest.raises(output.OutputError, match="contains the input"):
+        output.prepare(str(tmp_path), overwrite=True, inputs=[str(data / "train_curated")])
+    with pytest.raises(output.OutputError, match="lies inside the input"):
+        output.prepare(str(data / "out"), overwrite=True, inputs=[str(data)])
+    with pytest.raises(output.OutputError, match="contains the input"):   # the same folder, written differently
+        output.prepare(str(data) + "/./", overwrite=False, inputs=[str(data)])
+    output.prepare(str(tmp_path / "out"), overwrite=False, inputs=[str(data), str(data / "train_curated")])
+    with pytest.raises(output.OutputError, match="lies inside"):
+        output.prepare("gs://b/data/out", overwrite=False, inputs=["gs://b/data"])
+
+
+def test_a_folder_that_cannot_be_listed_is_refused_not_taken_as_empty(tmp_path, monkeypatch):
+    # a stand-in for a listing failure (permissions, a flaky object store): as root on a local
+    # disk no folder is unreadable, so FileSystems.match is made to fail the way Beam reports it
+    from apache_beam.io.filesystem import BeamIOError
+
+    def fail(patterns):
+        raise BeamIOError("List operation failed", {patterns[0]: PermissionError("denied")})
+
+    monkeypatch.setattr(output.FileSystems, "match", fail)
+    with pytest.raises(output.OutputError, match="cannot list .*denied"):
+        output.prepare(str(tmp_path), overwrite=True)
