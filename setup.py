@@ -87,6 +87,9 @@ setup(
         "tensorboard==2.21.0",
         "google-crc32c>=1.5",
         "psutil>=5.9",
+        # Beam's DaskRunner (apache-beam's "dask" extra asks for dask/distributed >= 2024.4.2): the
+        # distributed engine the feature job is tested on (--runner=DaskRunner)
+        "dask[distributed]==2026.8.0",
         # KubeflowV2DagRunner's compiler needs only the pipeline spec protos (not kfp itself);
         # the range is TFX 1.21's own for its kfp extra
         "kfp-pipeline-spec>=0.3.0,<2.17.0",
