@@ -135,7 +135,9 @@ def arg_parser() -> argparse.ArgumentParser:
         description="Decode FAT2019-layout audio, compute normalized log-mels and write tf.Example TFRecords "
                     "(train/eval split by a hash of fname), dead letters and a manifest. Flags this job does "
                     "not know go to Beam's PipelineOptions, e.g. --runner=DirectRunner --direct_num_workers=2 "
-                    "--direct_running_mode=multi_processing, or DataflowRunner/FlinkRunner/SparkRunner flags.",
+                    "--direct_running_mode=multi_processing; --runner=DaskRunner with --dask_client_address=HOST:8786 "
+                    "(a dask.distributed scheduler) or --dask_local_workers=N (a local cluster of N processes); "
+                    "or DataflowRunner/FlinkRunner/SparkRunner flags.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--data_dir", help="Kaggle layout root: train_curated.csv, train_curated/, "
                                        "sample_submission.csv, test/ (local path, gs:// or s3://)")
@@ -236,10 +238,32 @@ def start(spec: JobSpec, overwrite: bool) -> None:
     output.write_text(output.join(spec.output_dir, output.LABELS), "\n".join(spec.vocabulary) + "\n")
 
 
+# names that select the project's DaskRunner (pipeline/dask_runner.py): Beam's own DaskRunner loses
+# tagged outputs and finish_bundle outputs, among other faults this job cannot run with
+_DASK_RUNNER_NAMES = {"dask", "daskrunner", "apache_beam.runners.dask.dask_runner.daskrunner"}
+
+
+def _runner_flags(beam_args: list[str]) -> list[str]:
+    """--runner=DirectRunner unless a runner is given; --runner=DaskRunner (also `--runner DaskRunner`,
+    or Beam's full class path) selects pipeline.dask_runner.DaskRunner."""
+    out, i, named = [], 0, False
+    while i < len(beam_args):
+        arg = beam_args[i]
+        if arg == "--runner" and i + 1 < len(beam_args):
+            arg, i = f"--runner={beam_args[i + 1]}", i + 1
+        if arg.startswith("--runner="):
+            named = True
+            if arg.split("=", 1)[1].strip().lower() in _DASK_RUNNER_NAMES:
+                from pipeline import dask_runner  # noqa: F401 -- registers --dask_local_workers with Beam's options
+                log.info("runner: %s (Beam's DaskRunner with fixes, see BUILD_NOTES.md)", dask_runner.RUNNER_PATH)
+                arg = f"--runner={dask_runner.RUNNER_PATH}"
+        out.append(arg)
+        i += 1
+    return out if named else ["--runner=DirectRunner", *out]
+
+
 def _pipeline_options(beam_args: list[str]) -> PipelineOptions:
-    if not any(a.startswith("--runner") for a in beam_args):
-        beam_args = ["--runner=DirectRunner", *beam_args]
-    return PipelineOptions(beam_args)
+    return PipelineOptions(_runner_flags(beam_args))
 
 
 def _summary(manifest: dict, seconds: float) -> str:
@@ -273,8 +297,12 @@ def run(argv: list[str] | None = None) -> int:
     log.info("reading %s (%s mode), clips from %s, %d labels, features %s -> %s",
              spec.csv_path, spec.mode, spec.audio_dir, len(spec.vocabulary), args.preset,
              "x".join(map(str, config_lib.mel_shape(spec.cfg))))
+    options = _pipeline_options(beam_args)
+    if "distributed" in sys.modules and args.log_level.upper() != "DEBUG":
+        # dask's scheduler and nannies log every worker's start and stop at INFO, from this process
+        logging.getLogger("distributed").setLevel(logging.WARNING)
     t0 = time.time()
-    with beam.Pipeline(options=_pipeline_options(beam_args)) as p:
+    with beam.Pipeline(options=options) as p:
         build(p, spec)
     seconds = time.time() - t0
     manifest = output.read_manifest(spec.output_dir)
