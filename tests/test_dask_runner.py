@@ -22,10 +22,9 @@ slow = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A LocalCluster of 2 worker processes, one thread each: its scheduler address."""
-    import distributed
-
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as c:
+    """A LocalCluster of 2 worker processes, one thread each (as --dask_local_workers 2 starts it):
+    its scheduler address."""
+    with dask_runner.start_local_cluster(2) as c:
         yield c.scheduler_address
 
 
