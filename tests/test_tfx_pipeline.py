@@ -136,11 +136,15 @@ def test_first_run_blesses_and_pushes_a_model_that_scores(root, first):
     eval_dir = os.path.join(examples.uri, "Split-eval")
     batch = [r.numpy() for f in sorted(os.listdir(eval_dir))
              for r in tf.data.TFRecordDataset(os.path.join(eval_dir, f), compression_type="GZIP")]
-    pushed_scores = tf.saved_model.load(str(version_dir)).signatures["serving_default"](
-        examples=tf.constant(batch))["scores"].numpy()
+    from tests.serving_loader import ServedModel
+
+    served = ServedModel(str(version_dir))        # loaded the way TF Serving loads it
+    pushed_scores = served.run("serving_default", examples=np.array(batch, dtype=object))["scores"]
+    served.close()
     trained_dir = os.path.join(runs["Trainer"].outputs["model"][0].uri, "Format-Serving")
     trained_scores = tf.saved_model.load(trained_dir).signatures["serving_default"](
         examples=tf.constant(batch))["scores"].numpy()
+    assert os.path.exists(os.path.join(version_dir, "assets.extra", "tf_serving_warmup_requests"))
     assert pushed_scores.shape == (len(batch), 80)
     np.testing.assert_allclose(pushed_scores, trained_scores, atol=1e-6)
     # and the Evaluator's lwlrap is the lwlrap of those scores

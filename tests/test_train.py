@@ -228,9 +228,11 @@ def result_line(log):
 
 
 def saved_variables(export_path):
+    """The model's variables in an export, by position in model.variables (ExportArchive's
+    "variables/N"; its "_all_variables/N" index the same values in a per-process order)."""
     reader = tf.train.load_checkpoint(os.path.join(export_path, "variables", "variables"))
     return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
-            if name.endswith("VARIABLE_VALUE")}
+            if name.startswith("variables/") and name.endswith("VARIABLE_VALUE")}
 
 
 @pytest.mark.slow

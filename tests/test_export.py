@@ -1,0 +1,151 @@
+"""pipeline/export.py through the path TF Serving takes: the TF1 Session loader (tests/serving_loader.py)
+and TensorFlow's own `saved_model_cli run`; warm-up requests replayed; bad requests refused in the
+graph with INVALID_ARGUMENT and a readable message."""
+import os
+import subprocess
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline import config, demo_data, examples, export, features
+from pipeline import model as model_lib
+from tests.serving_loader import ServedModel
+
+FEATURES = config.feature_config("small")
+TRAINER = config.trainer_config("small")
+SHAPE = config.mel_shape(FEATURES)
+SR = FEATURES.sample_rate
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A small model (seeded random weights: its scores depend on the input) exported with a
+    40-second request limit, its Session-loaded twin and a few real clips."""
+    root = tmp_path_factory.mktemp("export")
+    keras.utils.set_random_seed(7)
+    model = model_lib.build_model(SHAPE, 80, TRAINER)
+    labels = root / "labels.txt"
+    labels.write_text("\n".join(demo_data.LABELS) + "\n")
+    path = export.export_saved_model(model, FEATURES, TRAINER, str(labels), str(root / "base"),
+                                     serving_cfg=export.ServingConfig(max_request_seconds=40))
+    rng = np.random.default_rng(1)
+    clips = [demo_data.make_clip([k, (k * 7) % 80], SR, rng).astype(np.float32) for k in range(5)]
+    waveform, length = features.pad_batch(clips)
+    mel = features.compute_features(waveform, length, FEATURES).numpy()
+    serialized = np.array([examples.serialize(f"c{i}.wav", [], m, len(c) / SR)
+                           for i, (m, c) in enumerate(zip(mel, clips))], dtype=object)
+    keras_scores = model_lib.probabilities(model(mel, training=False), TRAINER).numpy()
+    served = ServedModel(path)
+    yield dict(root=root, path=path, model=model, waveform=waveform, length=length, mel=mel,
+               serialized=serialized, keras_scores=keras_scores, served=served, labels=labels)
+    served.close()
+
+
+def test_both_signatures_run_under_the_tf_serving_loader_and_agree_with_keras(exported):
+    served = exported["served"]
+    assert set(served.signatures) >= {"serving_default", "serving_waveform"}
+    by_example = served.run("serving_default", examples=exported["serialized"])["scores"]
+    by_wave = served.run("serving_waveform", waveform=exported["waveform"], length=exported["length"])["scores"]
+    assert by_example.shape == (5, 80) and by_example.dtype == np.float32
+    np.testing.assert_allclose(by_example, exported["keras_scores"], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(by_wave, exported["keras_scores"], rtol=0, atol=1e-5)
+    assert np.ptp(by_example, axis=0).max() > 1e-4          # scores depend on the clip: not vacuous
+
+
+def test_saved_model_cli_runs_the_waveform_signature(exported, tmp_path):
+    np.save(tmp_path / "w.npy", exported["waveform"])
+    np.save(tmp_path / "l.npy", exported["length"])
+    out = tmp_path / "out"
+    proc = subprocess.run(["saved_model_cli", "run", "--dir", exported["path"], "--tag_set", "serve",
+                           "--signature_def", "serving_waveform",
+                           "--inputs", f"waveform={tmp_path / 'w.npy'};length={tmp_path / 'l.npy'}",
+                           "--outdir", str(out)],
+                          capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    np.testing.assert_allclose(np.load(out / "scores.npy"), exported["keras_scores"], rtol=0, atol=1e-5)
+
+
+def test_layout_labels_asset_and_no_temporary_version(exported):
+    base = exported["root"] / "base"
+    versions = os.listdir(base)
+    assert len(versions) == 1 and versions[0].isdigit() and exported["path"] == str(base / versions[0])
+    assert (base / versions[0] / "assets" / "labels.txt").read_text() == exported["labels"].read_text()
+    with pytest.raises(FileExistsError, match="never overwritten"):
+        export.export_saved_model(exported["model"], FEATURES, TRAINER, str(exported["labels"]), str(base),
+                                  version=versions[0])
+
+
+def test_warmup_requests_replay_through_the_tf_serving_loader(exported):
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = os.path.join(exported["path"], "assets.extra", "tf_serving_warmup_requests")
+    logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in tf.data.TFRecordDataset(path)]
+    signatures = [log.predict_log.request.model_spec.signature_name for log in logs]
+    assert signatures.count("serving_default") == 3 and signatures.count("serving_waveform") == 3
+    served = exported["served"]
+    for log in logs:
+        request = log.predict_log.request
+        inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+        scores = served.run(request.model_spec.signature_name, **inputs)["scores"]
+        if request.model_spec.signature_name == "serving_waveform":
+            mel = features.compute_features(inputs["waveform"], inputs["length"], FEATURES)
+        else:
+            mel = tf.io.parse_example(inputs["examples"], examples.parse_spec(SHAPE))[examples.MEL]
+        expected = model_lib.probabilities(exported["model"](mel, training=False), TRAINER).numpy()
+        np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-5)
+
+
+def _wave(batch=2, n=SR):
+    return np.full((batch, n), 0.1, np.float32), np.full([batch], n, np.int32)
+
+
+def _bad_waveform_requests():
+    w, n = _wave()
+    nan = w.copy()
+    nan[1, 100] = np.nan
+    inf = w.copy()
+    inf[0, 5] = -np.inf
+    return {
+        "empty waveform": (dict(waveform=np.zeros((2, 0), np.float32), length=np.zeros(2, np.int32)),
+                           "waveform is empty"),
+        "no clips": (dict(waveform=np.zeros((0, 10), np.float32), length=np.zeros(0, np.int32)), "holds no clips"),
+        "negative length": (dict(waveform=w, length=np.array([SR, -1], np.int32)), "length must not be negative"),
+        "length past the time axis": (dict(waveform=w, length=np.array([SR, SR + 1], np.int32)),
+                                      "length exceeds the time axis of waveform"),
+        "batch sizes differ": (dict(waveform=w, length=n[:1]), "same batch size"),
+        "NaN sample": (dict(waveform=nan, length=n), "NaN or Inf"),
+        "Inf sample": (dict(waveform=inf, length=n), "NaN or Inf"),
+        "too long": (dict(zip(("waveform", "length"), _wave(1, 40 * SR + 1))), r"longer than 40 s \(640000 samples"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_waveform_requests()))
+def test_bad_waveform_requests_are_refused_with_a_reason(exported, case):
+    inputs, message = _bad_waveform_requests()[case]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        exported["served"].run("serving_waveform", **inputs)
+
+
+def test_the_longest_accepted_request_is_scored(exported):
+    w, n = _wave(1, 40 * SR)
+    assert exported["served"].run("serving_waveform", waveform=w, length=n)["scores"].shape == (1, 80)
+
+
+def _example(**features_):
+    feats = {k: tf.train.Feature(float_list=tf.train.FloatList(value=v)) for k, v in features_.items()}
+    return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
+
+
+@pytest.mark.parametrize("case", ["no mel", "short mel", "long mel", "no examples"])
+def test_bad_example_requests_are_refused_with_a_reason(exported, case):
+    size = SHAPE[0] * SHAPE[1]
+    good = exported["serialized"][0]
+    batch = {"no mel": [good, _example(source_seconds=[1.0])],
+             "short mel": [_example(mel=[0.0] * (size - 1)), good],
+             "long mel": [good, _example(mel=[0.0] * (size + 40))],
+             "no examples": []}[case]
+    message = "holds no examples" if case == "no examples" else f"float feature mel of 101 x 40 = {size} values"
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        exported["served"].run("serving_default", examples=np.array(batch, dtype=object))
