@@ -6,10 +6,13 @@
 
 Signatures:
     serving_default   examples: string [batch] (serialized tf.Example as the Beam job writes them)
-                      -> scores: float32 [batch, labels]
+                      -> scores: float32 [batch, labels], labels: string [labels]
     serving_waveform  waveform: float32 [batch, time] (mono, at the model's sample rate, zero-padded)
                       length:   int32   [batch]       (samples of each clip; the rest is ignored)
-                      -> scores: float32 [batch, labels]
+                      -> scores: float32 [batch, labels], labels: string [labels]
+
+`labels` (the label order of `scores`, also assets/labels.txt) lets a remote client match columns
+by name; assets/feature_config.pbtxt records the features the model was trained on.
 
 serving_waveform computes features in the graph with pipeline.features.compute_features, the
 very function the Beam job ran, so a clip scores the same by either route.
@@ -46,6 +49,7 @@ log = logging.getLogger(__name__)
 ServingConfig = serving_config_pb2.ServingConfig
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 LABELS_ASSET = os.path.join("assets", "labels.txt")
+FEATURES_ASSET = os.path.join("assets", "feature_config.pbtxt")
 EXAMPLES_SPEC = tf.TensorSpec([None], tf.string, name="examples")
 WAVEFORM_SPECS = (tf.TensorSpec([None, None], tf.float32, name="waveform"),
                   tf.TensorSpec([None], tf.int32, name="length"))
@@ -55,14 +59,16 @@ class Endpoints:
     """The signature functions over one Keras model, with the request checks in the graph."""
 
     def __init__(self, model: keras.Model, feature_cfg: config_lib.FeatureConfig,
-                 trainer_cfg: config_lib.TrainerConfig, serving_cfg: ServingConfig):
+                 trainer_cfg: config_lib.TrainerConfig, serving_cfg: ServingConfig, labels: list[str]):
         self._model, self._feature_cfg, self._trainer_cfg = model, feature_cfg, trainer_cfg
+        self._labels = list(labels)
         self._mel_shape = config_lib.mel_shape(feature_cfg)
         self._max_samples = int(serving_cfg.max_request_seconds * feature_cfg.sample_rate)
         self._max_seconds = serving_cfg.max_request_seconds
 
     def _scores(self, mel):
-        return {"scores": probabilities(self._model(mel, training=False), self._trainer_cfg)}
+        return {"scores": probabilities(self._model(mel, training=False), self._trainer_cfg),
+                "labels": tf.constant(self._labels)}
 
     def serve_examples(self, serialized):
         frames, n_mels = self._mel_shape
@@ -155,7 +161,9 @@ def export_saved_model(model: keras.Model, feature_cfg: config_lib.FeatureConfig
         raise FileExistsError(f"{final} exists; versions are never overwritten")
     local = "://" not in export_base
     target = os.path.join(export_base, f".tmp-{version}") if local else final
-    endpoints = Endpoints(model, feature_cfg, trainer_cfg, serving_cfg)
+    from pipeline.kaggle_layout import load_vocabulary
+
+    endpoints = Endpoints(model, feature_cfg, trainer_cfg, serving_cfg, load_vocabulary(labels_path))
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serving_default", endpoints.serve_examples, [EXAMPLES_SPEC])
@@ -165,6 +173,8 @@ def export_saved_model(model: keras.Model, feature_cfg: config_lib.FeatureConfig
     # endpoint reads; TF Serving and the clients need none in the graph, only the file)
     tf.io.gfile.makedirs(os.path.join(target, "assets"))
     tf.io.gfile.copy(labels_path, os.path.join(target, LABELS_ASSET), overwrite=True)
+    with tf.io.gfile.GFile(os.path.join(target, FEATURES_ASSET), "w") as f:
+        f.write(config_lib.to_text(feature_cfg))
     if serving_cfg.warmup_requests > 0:
         write_warmup(target, warmup_requests(feature_cfg, serving_cfg.warmup_requests))
     if local:

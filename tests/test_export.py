@@ -49,6 +49,8 @@ def test_both_signatures_run_under_the_tf_serving_loader_and_agree_with_keras(ex
     by_example = served.run("serving_default", examples=exported["serialized"])["scores"]
     by_wave = served.run("serving_waveform", waveform=exported["waveform"], length=exported["length"])["scores"]
     assert by_example.shape == (5, 80) and by_example.dtype == np.float32
+    labels = served.run("serving_waveform", waveform=exported["waveform"], length=exported["length"])["labels"]
+    assert [x.decode() for x in labels] == demo_data.LABELS
     np.testing.assert_allclose(by_example, exported["keras_scores"], rtol=0, atol=1e-5)
     np.testing.assert_allclose(by_wave, exported["keras_scores"], rtol=0, atol=1e-5)
     assert np.ptp(by_example, axis=0).max() > 1e-4          # scores depend on the clip: not vacuous
@@ -72,6 +74,7 @@ def test_layout_labels_asset_and_no_temporary_version(exported):
     versions = os.listdir(base)
     assert len(versions) == 1 and versions[0].isdigit() and exported["path"] == str(base / versions[0])
     assert (base / versions[0] / "assets" / "labels.txt").read_text() == exported["labels"].read_text()
+    assert config.from_text((base / versions[0] / "assets" / "feature_config.pbtxt").read_text()) == FEATURES
     with pytest.raises(FileExistsError, match="never overwritten"):
         export.export_saved_model(exported["model"], FEATURES, TRAINER, str(exported["labels"]), str(base),
                                   version=versions[0])

@@ -57,13 +57,42 @@ def test_missing_clip_fails_by_name_unless_allowed(trained, train_examples, test
     sample = tmp_path / "sample_submission.csv"
     with open(sample, "w", newline="") as f:
         csv.writer(f).writerows([header, *rows, ["ghost.wav", *([0] * (len(header) - 1))]])
-    with pytest.raises(ValueError, match=r"1 clips .* have no example .*ghost\.wav.*--allow_missing"):
+    with pytest.raises(ValueError, match=r"1 clips have no scores \(see the Beam job's dead_letters\.jsonl\): ghost\.wav.*--allow_missing"):
         predict.predict(results["export_path"], str(test_examples), str(sample), str(tmp_path / "s.csv"), False)
     assert not (tmp_path / "s.csv").exists()
     summary = predict.predict(results["export_path"], str(test_examples), str(sample), str(tmp_path / "s.csv"), True)
     assert summary["missing"] == ["ghost.wav"] and summary["scored"] == 8
     _, got = read_csv(tmp_path / "s.csv")
     assert got[-1] == ["ghost.wav", *(["0"] * (len(header) - 1))]
+
+
+def test_unusable_rows_of_the_sample_fail_by_name(trained, train_examples, test_examples, tmp_path):
+    """They used to be dropped without a word, leaving a submission shorter than the sample."""
+    _, _, results = trained
+    header, rows = read_csv(train_examples.data / "sample_submission.csv")
+    sample = tmp_path / "sample_submission.csv"
+    with open(sample, "w", newline="") as f:
+        csv.writer(f).writerows([header, *rows, rows[0], ["../secret.wav", *rows[1][1:]]])
+    with pytest.raises(ValueError, match=rf"2 rows cannot be used.*line {len(rows) + 2} '{rows[0][0]}': "
+                                         rf"duplicate_fname.*'\.\./secret\.wav': unsafe_path"):
+        predict.predict(results["export_path"], str(test_examples), str(sample), str(tmp_path / "s.csv"), False)
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_examples_with_other_features_than_the_models_are_refused(trained, train_examples, tmp_path):
+    _, _, results = trained
+    out = tmp_path / "ex"
+    assert job.run(["--mode", "test", "--data_dir", str(train_examples.data), "--output_dir", str(out),
+                    "--preset", "small", "--log_level", "WARNING", "--feature_config", str(_write(
+                        tmp_path / "f.pbtxt", "top_db: 70"))]) == 0
+    with pytest.raises(ValueError, match="made with other features than the model"):
+        predict.predict(results["export_path"], str(out), str(train_examples.data / "sample_submission.csv"),
+                        str(tmp_path / "s.csv"), False)
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
 
 
 def test_label_columns_must_match_the_model(trained, train_examples, test_examples, tmp_path):
