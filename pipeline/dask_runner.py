@@ -362,7 +362,7 @@ def start_local_cluster(workers: int):
     dask's nannies start workers with MALLOC_TRIM_THRESHOLD_=65536 (to hand freed memory back to the
     OS sooner); setting it turns off glibc's dynamic mmap threshold, so every array over 128 KiB
     (a decoded clip, a mel) is a fresh mmap and page faults. Measured on this job (600 seed-preset
-    clips, 1 worker, whole command): 12.8 s without it, 14.9-16.4 s with it."""
+    clips, 1 worker, whole command): 12.7-13.2 s without it, 14.9-16.4 s with it."""
     import dask
     import distributed
 

@@ -159,6 +159,18 @@ def test_every_branch_runs_and_side_inputs_are_computed_once(cluster, tmp_path):
 
 
 @slow
+def test_group_by_key_across_partitions_and_workers(cluster, tmp_path):
+    """String keys spread over 30 partitions on two processes (whose str hashes differ) still meet."""
+    def build(p):
+        (p | beam.Create([(f"k{i % 7}", i) for i in range(60)]) | beam.GroupByKey()
+         | beam.MapTuple(lambda k, vs: (k, sorted(vs))) | "l" >> beam.combiners.ToList()
+         | "n" >> beam.Map(Note(tmp_path, "groups", sorted)))
+
+    run_on_dask(cluster, build, "--dask_partition_size=2")
+    assert records(tmp_path) == {"groups": [[[f"k{k}", list(range(k, 60, 7))] for k in range(7)]]}
+
+
+@slow
 def test_reshuffle_spreads_work_over_both_workers(cluster, tmp_path):
     """A job that fans out from one element (as this job does from its CSV path) runs on both worker
     processes after a Reshuffle, every element exactly once."""
