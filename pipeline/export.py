@@ -6,10 +6,10 @@
 
 Signatures:
     serving_default   examples: string [batch] (serialized tf.Example as the Beam job writes them)
-                      -> scores: float32 [batch, labels], labels: string [labels]
+                      -> scores: float32 [batch, labels], labels: string [batch, labels]
     serving_waveform  waveform: float32 [batch, time] (mono, at the model's sample rate, zero-padded)
                       length:   int32   [batch]       (samples of each clip; the rest is ignored)
-                      -> scores: float32 [batch, labels], labels: string [labels]
+                      -> scores: float32 [batch, labels], labels: string [batch, labels]
 
 `labels` (the label order of `scores`, also assets/labels.txt) lets a remote client match columns
 by name; assets/feature_config.pbtxt records the features the model was trained on.
@@ -67,8 +67,9 @@ class Endpoints:
         self._max_seconds = serving_cfg.max_request_seconds
 
     def _scores(self, mel):
-        return {"scores": probabilities(self._model(mel, training=False), self._trainer_cfg),
-                "labels": tf.constant(self._labels)}
+        # labels per row: TF Serving's row format and TFMA want every output batched
+        labels = tf.tile(tf.constant(self._labels)[tf.newaxis, :], [tf.shape(mel)[0], 1])
+        return {"scores": probabilities(self._model(mel, training=False), self._trainer_cfg), "labels": labels}
 
     def serve_examples(self, serialized):
         frames, n_mels = self._mel_shape
@@ -161,6 +162,8 @@ def export_saved_model(model: keras.Model, feature_cfg: config_lib.FeatureConfig
         raise FileExistsError(f"{final} exists; versions are never overwritten")
     local = "://" not in export_base
     target = os.path.join(export_base, f".tmp-{version}") if local else final
+    if local and tf.io.gfile.exists(target):     # left by an export that crashed: never part of a version
+        tf.io.gfile.rmtree(target)
     from pipeline.kaggle_layout import load_vocabulary
 
     endpoints = Endpoints(model, feature_cfg, trainer_cfg, serving_cfg, load_vocabulary(labels_path))

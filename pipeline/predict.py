@@ -170,7 +170,7 @@ def predict_server(client, audio_paths: list[str], sample_submission: str | None
         nonlocal model_labels
         waveform, length = features.pad_batch([w for _, w in batch])
         out = client.predict("serving_waveform", {"waveform": waveform, "length": length})
-        model_labels = [x.decode() if isinstance(x, bytes) else str(x) for x in out["labels"]]
+        model_labels = [x.decode() if isinstance(x, bytes) else str(x) for x in out["labels"][0]]
         for (fname, _), s in zip(batch, out["scores"]):
             by_fname[fname] = s
 

@@ -50,7 +50,7 @@ def test_both_signatures_run_under_the_tf_serving_loader_and_agree_with_keras(ex
     by_wave = served.run("serving_waveform", waveform=exported["waveform"], length=exported["length"])["scores"]
     assert by_example.shape == (5, 80) and by_example.dtype == np.float32
     labels = served.run("serving_waveform", waveform=exported["waveform"], length=exported["length"])["labels"]
-    assert [x.decode() for x in labels] == demo_data.LABELS
+    assert labels.shape == (5, 80) and [x.decode() for x in labels[4]] == demo_data.LABELS
     np.testing.assert_allclose(by_example, exported["keras_scores"], rtol=0, atol=1e-5)
     np.testing.assert_allclose(by_wave, exported["keras_scores"], rtol=0, atol=1e-5)
     assert np.ptp(by_example, axis=0).max() > 1e-4          # scores depend on the clip: not vacuous
