@@ -41,6 +41,7 @@ class TrainJob:
     train_examples: int | None = None      # from the manifest; lets Keras know an epoch's length
     eval_examples: int | None = None
     export_version: str | None = None      # EXPORT_BASE/<this>/ instead of a timestamp (TFX: "Format-Serving")
+    data_id: str | None = None             # which Beam job output: its folder and manifest time (backups check it)
 
     @property
     def labels(self) -> list[str]:
@@ -64,7 +65,8 @@ def job_from_examples(examples_dir: str, cfg: config_lib.TrainerConfig, work_dir
                     eval_examples=count(files[1]), mel_shape=tuple(manifest["example"]["mel_shape"]),
                     labels_path=output.join(examples_dir, manifest["labels"]["file"]),
                     feature_cfg=config_lib.from_text(manifest["feature_config_text"]),
-                    cfg=cfg, work_dir=work_dir, export_base=export_base, export_version=export_version)
+                    cfg=cfg, work_dir=work_dir, export_base=export_base, export_version=export_version,
+                    data_id=f"{examples_dir} {manifest.get('created', '')}")
 
 
 def _tf_config() -> dict:
@@ -108,20 +110,38 @@ def split_cpu(replicas: int) -> None:
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
 
 
-def _callbacks(job: TrainJob, backup_dir: str):
+def _fingerprint(job: TrainJob, replicas: int) -> dict:
+    """What a backup must match to be resumed: anything that changes the model, its inputs or the
+    meaning of a step."""
+    return {"trainer_config": config_lib.to_dict(job.cfg), "mel_shape": list(job.mel_shape),
+            "labels": len(job.labels), "replicas": replicas, "train_examples": job.train_examples,
+            "data": job.data_id}
+
+
+def _callbacks(job: TrainJob, chief: bool, replicas: int):
+    """(callbacks, the backup): early stopping before the backup, so each backup holds its state
+    as of the same epoch; logs and history in WORK_DIR on the chief only (every worker may share
+    WORK_DIR, and must for resuming: pipeline/resume.py)."""
     import keras
 
+    from pipeline import resume
+
     cfg = job.cfg
-    # double_checkpoint: a kill while the weights are being written leaves the previous backup usable
-    cbs = [keras.callbacks.BackupAndRestore(backup_dir, save_freq=cfg.backup_every_steps or "epoch",
-                                            delete_checkpoint=True, double_checkpoint=True),
-           keras.callbacks.TensorBoard(os.path.join(job.work_dir, "logs")),
-           keras.callbacks.CSVLogger(os.path.join(job.work_dir, "history.csv"), append=True)]
+    backup_dir = os.path.join(job.work_dir, "backup")
+    log_dir = job.work_dir if chief else tempfile.mkdtemp(prefix="fatp-worker-")
+    early = None
     if cfg.early_stopping_patience > 0:
-        cbs.append(keras.callbacks.EarlyStopping(monitor="val_lwlrap", mode="max", verbose=1,
-                                                 patience=cfg.early_stopping_patience,
-                                                 restore_best_weights=True))
-    return cbs
+        early = resume.ResumableEarlyStopping(monitor="val_lwlrap", mode="max", verbose=1,
+                                              patience=cfg.early_stopping_patience, restore_best_weights=True)
+    backup = resume.TrainingBackup(backup_dir, chief, _fingerprint(job, replicas),
+                                   save_freq=cfg.backup_every_steps or "epoch", early_stopping=early)
+    if backup.check():
+        log.info("resuming from the backup in %s", backup_dir)
+    cbs = ([early] if early else []) + [
+        backup,
+        keras.callbacks.TensorBoard(os.path.join(log_dir, "logs")),
+        keras.callbacks.CSVLogger(os.path.join(log_dir, "history.csv"), append=True)]
+    return cbs, backup
 
 
 def _evaluate(model, job: TrainJob, eval_ds) -> dict:
@@ -143,6 +163,18 @@ def _evaluate(model, job: TrainJob, eval_ds) -> dict:
     plots.mel_example(first_mel, "normalized log-mel of the first eval example",
                       os.path.join(plot_dir, "mel_example.png"))
     return {"eval_lwlrap": float(acc.overall()), "eval_examples_positive_labels": int(np.sum(acc.count))}
+
+
+def _full_history(work_dir: str, this_run: dict) -> dict:
+    """Every epoch's logs, across restarts (history.csv is appended to by every resumed run)."""
+    import csv
+
+    path = os.path.join(work_dir, "history.csv")
+    if not os.path.exists(path):
+        return this_run
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {k: [float(r[k]) for r in rows if r.get(k)] for k in (rows[0] if rows else {}) if k != "epoch"}
 
 
 def train(job: TrainJob) -> dict:
@@ -179,17 +211,19 @@ def train(job: TrainJob) -> dict:
         model.compile(optimizer=model_lib.optimizer(cfg, steps), loss=model_lib.loss_fn(cfg),
                       metrics=[LwlrapMetric(num_classes, name="lwlrap")])
     chief = is_chief()
-    backup_dir = os.path.join(job.work_dir, "backup") if chief else tempfile.mkdtemp(prefix="fatp-backup-")
+    callbacks, backup = _callbacks(job, chief, replicas)
     t0 = time.time()
-    history = model.fit(train_ds, validation_data=eval_ds, epochs=cfg.epochs, callbacks=_callbacks(job, backup_dir),
+    history = model.fit(train_ds, validation_data=eval_ds, epochs=cfg.epochs, callbacks=callbacks,
                         shuffle=False, verbose=2)
     seconds = time.time() - t0
     results = {"replicas": replicas, "global_batch": global_batch, "epochs_run": len(history.history.get("loss", [])),
+               "resumed": backup.restored,
+               "early_stopping": backup.early_stopping.state() if backup.early_stopping else None,
                "train_seconds": seconds, "history": history.history,
                "trainer_config": config_lib.to_dict(cfg)}
     if chief:
-        plots.training_curves(history.history, os.path.join(plots.ensure_dir(os.path.join(job.work_dir, "plots")),
-                                                            "training_curves.png"))
+        plots.training_curves(_full_history(job.work_dir, history.history),
+                              os.path.join(plots.ensure_dir(os.path.join(job.work_dir, "plots")), "training_curves.png"))
         results.update(_evaluate(model, job, eval_ds))
     if job.export_base:  # every worker saves (collectives); non-chiefs into a throwaway directory
         base = job.export_base if chief else tempfile.mkdtemp(prefix="fatp-export-")
@@ -200,6 +234,7 @@ def train(job: TrainJob) -> dict:
             json.dump(results, f, indent=1, default=float)
         log.info("eval lwlrap %.4f after %d epochs (%.0f s)%s", results["eval_lwlrap"], results["epochs_run"],
                  seconds, f"; exported {results['export_path']}" if job.export_base else "")
+    backup.delete()       # only now: a crash before this point resumes from the backup, export included
     return results
 
 
@@ -252,7 +287,12 @@ def main(argv: list[str] | None = None) -> None:
         job = job_from_examples(args.examples, cfg, args.work_dir, args.export_dir)
     except (ValueError, FileNotFoundError, output.OutputError) as e:
         sys.exit(f"error: {e}")
-    train(job)
+    from pipeline.resume import BackupMismatch
+
+    try:
+        train(job)
+    except BackupMismatch as e:
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
