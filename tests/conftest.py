@@ -15,6 +15,16 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 MEL_SHAPE = (101, 40)   # the "small" feature preset
+# fixtures that run the Beam job or train a model: a test using one is end to end, so slow
+END_TO_END_FIXTURES = {"train_examples", "trained"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """`make test-fast` (-m "not slow") promises unit tests: mark every test that needs the Beam
+    job's output or a trained model as slow, whatever its module."""
+    for item in items:
+        if END_TO_END_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 NUM_CLASSES = 80
 
 

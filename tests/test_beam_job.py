@@ -17,6 +17,7 @@ from pipeline import audio, demo_data, examples, features, job, output
 from pipeline import beam_transforms as bt
 from pipeline import config
 
+pytestmark = pytest.mark.slow   # Beam pipelines end to end
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CFG = config.feature_config("small")
 SHAPE = config.mel_shape(CFG)

@@ -13,6 +13,7 @@ from pipeline import config, demo_data, examples, export, features
 from pipeline import model as model_lib
 from tests.serving_loader import ServedModel
 
+pytestmark = pytest.mark.slow   # a model exported and served end to end
 FEATURES = config.feature_config("small")
 TRAINER = config.trainer_config("small")
 SHAPE = config.mel_shape(FEATURES)

@@ -7,6 +7,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 from pipeline.lwlrap import lwlrap, precision_at_hits
 from pipeline.lwlrap_keras import LwlrapMetric
@@ -81,6 +82,7 @@ MIRRORED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_keras_metric_under_mirrored_strategy():
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run([sys.executable, "-c", MIRRORED % {"repo": REPO}], env=env,
