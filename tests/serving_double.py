@@ -26,6 +26,14 @@ from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, predict
 from tests.serving_loader import ServedModel
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):   # a client that gave up
+            super().handle_error(request, client_address)
+
+
 class ServingDouble:
     def __init__(self, saved_model_dir: str, model_name: str, version: int):
         self.model = ServedModel(saved_model_dir)
@@ -150,7 +158,7 @@ class ServingDouble:
                     out = double._predict(signature, inputs)
                 except tf.errors.InvalidArgumentError as e:
                     return self._reply(400, {"error": e.message})
-                self._reply(200, {"outputs": {k: [x.decode() for x in v.tolist()] if v.dtype.kind in "SO"
+                self._reply(200, {"outputs": {k: np.char.decode(v.astype(bytes)).tolist() if v.dtype.kind in "SO"
                                               else v.tolist() for k, v in out.items()}})
 
         return Handler
@@ -162,7 +170,7 @@ class ServingDouble:
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(self._servicer(), self._grpc)
         grpc_port = self._grpc.add_insecure_port("127.0.0.1:0")
         self._grpc.start()
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._http = _QuietServer(("127.0.0.1", 0), self._handler())
         threading.Thread(target=self._http.serve_forever, daemon=True).start()
         return f"grpc://127.0.0.1:{grpc_port}", f"http://127.0.0.1:{self._http.server_address[1]}"
 
