@@ -7,7 +7,8 @@ Clips: FSDD recordings (../shared/data/fsdd) resampled to the model's 44.1 kHz (
 5 s windows, 636 x 128). Per signature: latency p50/p99 of single-clip requests (batch 1) and
 clips/s at batch 32. serving_default gets the clips' tf.Examples (features computed beforehand,
 as the Beam job writes them: the model alone), serving_waveform the raw waveforms (features in the
-graph). The headline is the cost of features in the graph: waveform / examples time at batch 32
+graph), serving_audio the clips' WAV files as they are (8 kHz: decoded and resampled in the graph
+too). The headline is the cost of features in the graph: waveform / examples time at batch 32
 (target <= 1.2). One process, alternating rounds, so both routes see the same machine state. The
 model's weights are untrained: latency does not depend on them. Results: stdout and
 bench/out/serving.json.
@@ -50,10 +51,13 @@ def main() -> None:
         sys.exit(f"needs {SHARED}/data/fsdd/recordings (FSDD)")
     fcfg, tcfg = config.feature_config("seed"), config.trainer_config(args.trainer_preset)
     rng = np.random.default_rng(0)
-    clips = []
+    clips, wavs = [], []
     for f in rng.choice(files, 64, replace=False):
         y, sr = sf.read(f, dtype="float32")
         clips.append(audio.resample(y, sr, fcfg.sample_rate))
+        with open(f, "rb") as fh:
+            wavs.append(fh.read())            # the file as it is (8 kHz): serving_audio resamples in the graph
+    wavs = np.array(wavs, dtype=object)
     keras.utils.set_random_seed(0)
     model = model_lib.build_model(config.mel_shape(fcfg), 80, tcfg)
     tmp = tempfile.mkdtemp(prefix="fatp-bench-serving-")
@@ -69,10 +73,12 @@ def main() -> None:
     def request(sig, idx):
         if sig == "serving_default":
             return {"examples": serialized[idx]}
+        if sig == "serving_audio":
+            return {"audio": wavs[idx]}
         w, n = features.pad_batch([clips[i] for i in idx])
         return {"waveform": w, "length": n}
 
-    sigs = ("serving_default", "serving_waveform")
+    sigs = ("serving_default", "serving_waveform", "serving_audio")
     for sig in sigs:                                  # warm-up: tracing and allocation
         served.run(sig, **request(sig, [0]))
         served.run(sig, **request(sig, list(range(32))))

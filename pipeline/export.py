@@ -10,6 +10,9 @@ Signatures:
     serving_waveform  waveform: float32 [batch, time] (mono, at the model's sample rate, zero-padded)
                       length:   int32   [batch]       (samples of each clip; the rest is ignored)
                       -> scores: float32 [batch, labels], labels: string [batch, labels]
+    serving_audio     audio: string [batch] (WAV files as they are: 16-bit PCM, any rate, any channels;
+                      decoded, downmixed and resampled in the graph by pipeline.audio_graph)
+                      -> scores: float32 [batch, labels], labels: string [batch, labels]
 
 `labels` (the label order of `scores`, also assets/labels.txt) lets a remote client match columns
 by name; assets/feature_config.pbtxt records the features the model was trained on.
@@ -40,7 +43,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import config as config_lib
-from pipeline import examples, features
+from pipeline import audio_graph, examples, features
 from pipeline.model import probabilities
 from pipeline.protos import serving_config_pb2
 
@@ -53,6 +56,7 @@ FEATURES_ASSET = os.path.join("assets", "feature_config.pbtxt")
 EXAMPLES_SPEC = tf.TensorSpec([None], tf.string, name="examples")
 WAVEFORM_SPECS = (tf.TensorSpec([None, None], tf.float32, name="waveform"),
                   tf.TensorSpec([None], tf.int32, name="length"))
+AUDIO_SPEC = tf.TensorSpec([None], tf.string, name="audio")
 
 
 class Endpoints:
@@ -107,6 +111,12 @@ class Endpoints:
             waveform = tf.identity(waveform)
         return self._scores(features.compute_features(waveform, length, self._feature_cfg))
 
+    def serve_audio(self, wav_bytes):
+        nonempty = tf.debugging.assert_greater(tf.size(wav_bytes), 0, message="the request holds no files")
+        with tf.control_dependencies([nonempty]):
+            waveform, length = audio_graph.decode_batch(wav_bytes, self._feature_cfg.sample_rate, self._max_seconds)
+        return self._scores(features.compute_features(waveform, length, self._feature_cfg))
+
 
 def _warmup_log(signature: str, inputs: dict):
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
@@ -115,6 +125,16 @@ def _warmup_log(signature: str, inputs: dict):
     for name, value in inputs.items():
         request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
     return prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+
+
+def _wav_bytes(clip: np.ndarray, sample_rate: int) -> bytes:
+    import io
+
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, clip, sample_rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
 
 
 def warmup_requests(feature_cfg: config_lib.FeatureConfig, count: int) -> list:
@@ -133,6 +153,7 @@ def warmup_requests(feature_cfg: config_lib.FeatureConfig, count: int) -> list:
         mel = features.compute_features(waveform, length, feature_cfg).numpy()
         serialized = [examples.serialize(f"warmup-{i}.wav", [], m, n / sr) for m in mel]
         logs.append(_warmup_log("serving_default", {"examples": np.array(serialized, dtype=object)}))
+        logs.append(_warmup_log("serving_audio", {"audio": np.array([_wav_bytes(c, sr) for c in batch], dtype=object)}))
     return logs
 
 
@@ -171,6 +192,7 @@ def export_saved_model(model: keras.Model, feature_cfg: config_lib.FeatureConfig
     archive.track(model)
     archive.add_endpoint("serving_default", endpoints.serve_examples, [EXAMPLES_SPEC])
     archive.add_endpoint("serving_waveform", endpoints.serve_waveform, list(WAVEFORM_SPECS))
+    archive.add_endpoint("serving_audio", endpoints.serve_audio, [AUDIO_SPEC])
     archive.write_out(target, verbose=False)
     # the label order of the scores beside the graph (ExportArchive keeps only the assets an
     # endpoint reads; TF Serving and the clients need none in the graph, only the file)

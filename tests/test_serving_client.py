@@ -101,8 +101,9 @@ def test_clear_errors_for_unknown_model_version_signature_and_timeouts(double, s
         connect(server, "other_model").signatures()
     with pytest.raises(ServingError, match="does not serve fat_tagger version 999"):
         connect(server, "fat_tagger", 999).signatures()
-    with pytest.raises(ServingError, match=r"has no signature 'serving_audio'; it has \['serving_default', "):
-        connect(server, "fat_tagger").check_signature("serving_audio", ["audio"])
+    with pytest.raises(ServingError,
+                       match=r"has no signature 'serving_spectrogram'; it has \['serving_audio', 'serving_default', "):
+        connect(server, "fat_tagger").check_signature("serving_spectrogram", ["mel"])
     double[0].delay_s = 1.5
     with pytest.raises(ServingError, match="no answer from .* within 0.3 s"):
         connect(server, "fat_tagger", timeout_s=0.3).signatures()
