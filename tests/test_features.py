@@ -168,6 +168,42 @@ def test_log_mel_float32_matches_librosa(cfg, n_clips):
     assert err < 1e-2
 
 
+@pytest.mark.parametrize("cfg", [SMALL64, SEED64, config.feature_config("seed", "n_mels: 256 n_fft: 1024")],
+                         ids=["small", "seed", "empty-filters"])
+def test_mel_bands_hold_exactly_the_filterbank(cfg):
+    """The banded mel product's blocks put back together are the dense Slaney filterbank (each row
+    twice, for re^2 and im^2), and they cover far fewer entries than the dense matrix. 256 mels
+    over 513 bins leaves some mels without any bin (librosa warns of empty filters): still exact."""
+    args = (cfg.sample_rate, cfg.n_fft, cfg.n_mels, float(cfg.fmin), config.fmax(cfg))
+    dense = features._mel_matrix(*args)
+    bands = features._mel_bands(*args)
+    rebuilt = np.zeros((2 * dense.shape[0], dense.shape[1]), np.float32)
+    col = 0
+    for a, b, w in bands:
+        assert w.shape[0] == b - a
+        rebuilt[a:b, col:col + w.shape[1]] = w
+        col += w.shape[1]
+    assert col == cfg.n_mels
+    np.testing.assert_array_equal(rebuilt[0::2], dense)
+    np.testing.assert_array_equal(rebuilt[1::2], dense)
+    if cfg is SEED64:
+        assert sum(w.size for _, _, w in bands) < 0.3 * 2 * dense.size
+
+
+def test_seed_features_do_not_depend_on_batch_composition():
+    """Seed preset, clips whose frames span several STFT chunks (CHUNK_FRAMES), in batches of other
+    sizes and orders: each clip's features are bit-identical to its features alone. Chunks always
+    have CHUNK_FRAMES rows, so no FFT or matmul sees a shape that depends on the batch."""
+    cfg = SEED64
+    clips = random_clips(cfg, 5, seed=41)
+    fn = features.feature_fn(cfg)
+    alone = [fn(*features.pad_batch([y])).numpy()[0] for y in clips]
+    for order in ([0, 1, 2, 3, 4], [3, 1], [4, 2, 0]):
+        got = fn(*features.pad_batch([clips[i] for i in order])).numpy()
+        for j, i in enumerate(order):
+            np.testing.assert_array_equal(got[j], alone[i])
+
+
 def test_log_mel_of_silence_is_the_amin_floor():
     """An all-zero window is 10*log10(amin) = -100 dB everywhere, as librosa's power_to_db."""
     zeros = np.zeros((1, config.clip_samples(SMALL)), np.float32)
