@@ -227,10 +227,17 @@ class ComputeFeatures(beam.PTransform):
 
 
 class _WriteBundleFiles(beam.DoFn):
-    """Streams each bundle's examples into one temporary GZIP TFRecord file per split.
+    """Streams each bundle's examples into one temporary TFRecord file per split.
 
     Memory stays flat whatever the dataset size (no GroupByKey over examples); the files are
-    renamed into place by `finalize_shards` once all bundles are done.
+    renamed into place by `finalize_shards` once all bundles are done. A bundle that fails and is
+    retried writes new files (fresh names); the failed attempt's files are never reported, so
+    finalize_shards deletes them as orphans.
+
+    Why not Beam's WriteToTFRecord, which does the same temp-file/finalize dance: its GZIP is zlib
+    level 6 (7.5 ms an example, measured in bench/README.md) with no Huffman-only setting (2.7 ms),
+    it needs one sink per split, and it reports file names but not the records in each file,
+    which the manifest lists.
     """
 
     def __init__(self, tmp_dir: str, compression: str):
@@ -243,8 +250,8 @@ class _WriteBundleFiles(beam.DoFn):
         split, record = split_and_record
         writer = self._writers.get(split)
         if writer is None:
-            path = FileSystems.join(self._tmp_dir, f"{split}-{uuid.uuid4().hex}.tfrecord.gz")
-            writer = self._writers[split] = tfrecord.GzipTFRecordWriter(path, self._compression)
+            path = FileSystems.join(self._tmp_dir, f"{split}-{uuid.uuid4().hex}{tfrecord.suffix(self._compression)}")
+            writer = self._writers[split] = tfrecord.TFRecordWriter(path, self._compression)
         writer.write(record)
         Metrics.counter(NAMESPACE, f"written_{split}").inc()
 
@@ -257,7 +264,7 @@ class _WriteBundleFiles(beam.DoFn):
 
 
 def finalize_shards(_, infos: list[dict], out_dir: str, tmp_dir: str, split_prefix: str = "") -> dict:
-    """Rename the bundles' files to OUT/<prefix><split>/data-NNNNN-of-MMMMM.tfrecord.gz; drop orphans.
+    """Rename the bundles' files to OUT/<prefix><split>/data-NNNNN-of-MMMMM.tfrecord[.gz]; drop orphans.
 
     Orphans are files of bundles that a runner retried: only the files reported by committed
     bundles (`infos`) are kept. Safe to run again after a partial or complete run (a retried
@@ -271,7 +278,8 @@ def finalize_shards(_, infos: list[dict], out_dir: str, tmp_dir: str, split_pref
         if not FileSystems.exists(split_dir):  # local filesystems need it; object stores ignore it
             FileSystems.mkdirs(split_dir)
         for n, info in enumerate(mine):
-            rel = f"{split_prefix}{split}/data-{n:05d}-of-{len(mine):05d}.tfrecord.gz"
+            ext = ".tfrecord.gz" if info["tmp_path"].endswith(".gz") else ".tfrecord"
+            rel = f"{split_prefix}{split}/data-{n:05d}-of-{len(mine):05d}{ext}"
             final = FileSystems.join(out_dir, rel)
             # idempotent: a runner may retry this step after some renames were done
             if FileSystems.exists(info["tmp_path"]) or not FileSystems.exists(final):
@@ -288,7 +296,8 @@ def finalize_shards(_, infos: list[dict], out_dir: str, tmp_dir: str, split_pref
 
 
 class WriteExamples(beam.PTransform):
-    """(Clip, mel) -> tf.Examples in GZIP TFRecord shards per split; outputs the shard summary.
+    """(Clip, mel) -> tf.Examples in TFRecord shards per split (GZIP unless compression is "none");
+    outputs the shard summary.
 
     Split folders are named `split_prefix + split`: plain for the command line, "Split-" for a
     TFX Examples artifact, whose readers look for Split-<name>/."""

@@ -1,7 +1,7 @@
 """tf.data input over the Beam job's TFRecords: the same function feeds the standalone trainer
 and the TFX Trainer's run_fn.
 
-    files -> (shuffle files) -> parallel interleave of GZIP TFRecordDatasets -> (shuffle)
+    files -> (shuffle files) -> parallel interleave of TFRecordDatasets (GZIP or plain) -> (shuffle)
           -> batch -> parse_example on whole batches -> multi-hot labels -> (augment) -> prefetch
 
 Parsing whole batches costs one parse_example call per batch instead of one per example.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from pipeline import examples, output
+from pipeline import examples, output, tfrecord
 from pipeline.config import AugmentConfig
 
 
@@ -69,10 +69,11 @@ def make_dataset(files: list[str], mel_shape: tuple[int, int], num_classes: int,
     from the first epoch and knows where an epoch ends."""
     if not files:
         raise ValueError("make_dataset needs at least one TFRecord file")
-    ds = tf.data.Dataset.from_tensor_slices(list(files))
+    # GZIP or plain shards, by name (the Beam job's --compression)
+    ds = tf.data.Dataset.from_tensor_slices((list(files), [tfrecord.compression_type(f) for f in files]))
     if training:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
+    ds = ds.interleave(lambda f, compression: tf.data.TFRecordDataset(f, compression_type=compression),
                        cycle_length=min(len(files), 8), num_parallel_calls=tf.data.AUTOTUNE,
                        deterministic=not training)
     if training:

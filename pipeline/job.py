@@ -70,7 +70,8 @@ def _static_manifest(spec: JobSpec) -> dict:
         "dead_letters": output.DEAD_LETTERS,
         "feature_config": config_lib.to_dict(spec.cfg),
         "feature_config_text": config_lib.to_text(spec.cfg),
-        "example": {"mel_shape": list(config_lib.mel_shape(spec.cfg)), "compression": "GZIP",
+        "example": {"mel_shape": list(config_lib.mel_shape(spec.cfg)),
+                    "compression": "GZIP" if tfrecord.DEFLATE[spec.compression] else "NONE",
                     "deflate": spec.compression},
         "versions": _versions(),
     }
@@ -158,8 +159,10 @@ def arg_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max_error_ratio", type=float, default=0.05,
                     help="fail the job (exit 1) when more than this share of rows are dead letters")
     ap.add_argument("--batch_size", type=int, default=8, help="clips per call of the feature function")
-    ap.add_argument("--compression", choices=sorted(tfrecord.DEFLATE), default="fast",
-                    help="GZIP deflate: fast = Huffman only (3x less CPU, ~18%% larger files), small = zlib level 6")
+    ap.add_argument("--compression", choices=tfrecord.CHOICES, default="fast",
+                    help="shards: none = plain *.tfrecord (no deflate CPU, ~36%% more bytes than fast); "
+                         "fast = GZIP with Huffman coding only (~2.7 ms an example); best = GZIP at zlib level 6 "
+                         "(~2.8x fast's CPU for ~12%% fewer bytes); small = best. See bench/README.md")
     ap.add_argument("--tf_threads", type=int, default=0,
                     help="TensorFlow intra/inter-op threads per worker (0: TensorFlow's default)")
     ap.add_argument("--overwrite", action="store_true", help="replace whatever is in --output_dir")
@@ -191,8 +194,9 @@ def make_spec(*, output_dir: str, cfg: config_lib.FeatureConfig, data_dir: str |
         raise ValueError("--max_error_ratio must be in [0, 1]")
     if batch_size < 1:
         raise ValueError("--batch_size must be >= 1")
-    if compression not in tfrecord.DEFLATE:
-        raise ValueError(f"compression must be one of {sorted(tfrecord.DEFLATE)}, got {compression!r}")
+    if compression not in tfrecord.CHOICES:
+        raise ValueError(f"compression must be one of {tfrecord.CHOICES}, got {compression!r}")
+    compression = tfrecord.canonical(compression)
     test = mode == "test"
     csv_path = default(csv, "csv", "sample_submission.csv" if test else "train_curated.csv")
     audio_path = default(audio_dir, "audio_dir", "test" if test else "train_curated")

@@ -1,6 +1,6 @@
 """The Beam job's output directory: what a finished one looks like, and guarding it.
 
-    OUT/train/data-*.tfrecord.gz, OUT/eval/...  (or OUT/test/... in test mode)
+    OUT/train/data-*.tfrecord.gz, OUT/eval/...  (or OUT/test/... in test mode; *.tfrecord without GZIP)
     OUT/labels.txt          label vocabulary, one per line, in model-output order
     OUT/dead_letters.jsonl  one JSON object per rejected row or clip: fname, line, stage, reason, detail
     OUT/manifest.json       written last; "status": "complete" marks a finished, usable output
@@ -37,8 +37,8 @@ def join(*parts: str) -> str:
 # What a run of the job writes, relative to its output directory: split folders of shards (plain,
 # or "Split-<name>" for a TFX Examples artifact), the bundles' temporary folder, the three report
 # files and write_text's temporary names. Nothing else is ever deleted by --overwrite.
-_JOB_FILE = re.compile(r"^(?:(?:Split-)?(?:train|eval|test)/data-\d{5}-of-\d{5}\.tfrecord\.gz"
-                       r"|_tmp/[\w-]+\.tfrecord\.gz"
+_JOB_FILE = re.compile(r"^(?:(?:Split-)?(?:train|eval|test)/data-\d{5}-of-\d{5}\.tfrecord(?:\.gz)?"
+                       r"|_tmp/[\w-]+\.tfrecord(?:\.gz)?"
                        r"|(?:manifest\.json|labels\.txt|dead_letters\.jsonl)(?:\.tmp)?)$")
 
 

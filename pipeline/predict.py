@@ -71,7 +71,13 @@ def score_examples(model_dir: str, files: list[str], batch_size: int = 64) -> tu
     serve = loaded.signatures["serving_default"]
     labels = kaggle_layout.load_vocabulary(os.path.join(model_dir, "assets", "labels.txt"))
     fnames, scores = [], []
-    for batch in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(batch_size):
+    from pipeline.tfrecord import compression_type
+
+    names = tf.constant(list(files), tf.string, shape=[len(files)])        # GZIP or plain shards, by name
+    kinds = tf.constant([compression_type(f) for f in files], tf.string, shape=[len(files)])
+    records = tf.data.Dataset.from_tensor_slices((names, kinds)).flat_map(
+        lambda f, compression: tf.data.TFRecordDataset(f, compression_type=compression))
+    for batch in records.batch(batch_size):
         parsed = tf.io.parse_example(batch, {examples.FNAME: tf.io.FixedLenFeature([], tf.string)})
         fnames += [f.decode("utf-8") for f in parsed[examples.FNAME].numpy()]
         scores.append(serve(examples=batch)["scores"].numpy())

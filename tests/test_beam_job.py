@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import audio, demo_data, examples, features, job, output
+from pipeline import audio, demo_data, examples, features, job, output, tfrecord
 from pipeline import beam_transforms as bt
 from pipeline import config
 
@@ -40,8 +40,8 @@ def run_job(data, out, *extra):
 
 def read_records(out_dir, manifest):
     """{split: [serialized example, ...]} from the shard files the manifest lists."""
-    return {split: [r.numpy() for r in tf.data.TFRecordDataset(
-                [os.path.join(out_dir, f["path"]) for f in info["files"]], compression_type="GZIP")]
+    return {split: [r.numpy() for f in info["files"] for r in tf.data.TFRecordDataset(
+                os.path.join(out_dir, f["path"]), compression_type=tfrecord.compression_type(f["path"]))]
             for split, info in manifest["splits"].items()}
 
 
@@ -76,7 +76,7 @@ def first(data, tmp_path_factory):
 @pytest.fixture(scope="module")
 def second(data, tmp_path_factory):
     """The same job into another directory, with another batch size (different batch composition)
-    and the other deflate setting."""
+    and the other deflate setting, by its earlier name."""
     return finished(data, tmp_path_factory.mktemp("run2") / "out", *LENIENT, "--batch_size", "3",
                     "--compression", "small")
 
@@ -212,13 +212,37 @@ def test_second_run_gives_identical_examples(first, second):
     """Same fnames per split and byte-identical examples, although the second run batched clips
     differently (--batch_size 3), compressed differently and wrote to another directory."""
     assert second.rc == 0
-    assert second.manifest["example"]["deflate"] == "small"
+    assert second.manifest["example"]["deflate"] == "best"      # "small", the earlier name of best
     fnames = {s: sorted(parse(r)["fname"].numpy().tolist()) for s, r in first.records.items()}
     fnames2 = {s: sorted(parse(r)["fname"].numpy().tolist()) for s, r in second.records.items()}
     assert fnames == fnames2
     assert by_fname(first.records) == by_fname(second.records)
     assert first.manifest["counts"] == second.manifest["counts"]
     assert (first.out / "dead_letters.jsonl").read_bytes() == (second.out / "dead_letters.jsonl").read_bytes()
+
+
+def test_plain_tfrecords_hold_the_same_examples(first, data, tmp_path):
+    """--compression none: plain *.tfrecord shards (no gzip header) holding byte-identical examples;
+    the manifest says so, the training input reads them, and --overwrite recognises them as the job's."""
+    plain = finished(data, tmp_path / "out", *LENIENT, "--compression", "none")
+    assert plain.rc == 0
+    assert plain.manifest["example"] == {"mel_shape": [101, 40], "compression": "NONE", "deflate": "none"}
+    shards = [f["path"] for s in plain.manifest["splits"].values() for f in s["files"]]
+    assert shards and all(p.endswith(".tfrecord") for p in shards)
+    for p in shards:
+        assert (plain.out / p).read_bytes()[:2] != b"\x1f\x8b"
+    assert by_fname(plain.records) == by_fname(first.records)
+    from pipeline import dataset
+
+    n = sum(len(r) for r in plain.records.values())
+    batches = list(dataset.make_dataset([str(plain.out / p) for p in shards], SHAPE, len(demo_data.LABELS), 64,
+                                        training=False))
+    assert sum(int(b[0].shape[0]) for b in batches) == n
+    again = finished(data, plain.out, *LENIENT, "--overwrite")   # back to GZIP over a plain output
+    assert again.rc == 0
+    assert {os.path.relpath(p, again.out) for p in output.list_files(str(again.out))} == (
+        {"labels.txt", "dead_letters.jsonl", "manifest.json"}
+        | {f["path"] for s in again.manifest["splits"].values() for f in s["files"]})
 
 
 def test_rerun_needs_overwrite(first, data, tmp_path):
@@ -384,6 +408,39 @@ def kaggle_layout_row(fname):
     from pipeline.kaggle_layout import Row
 
     return Row(fname, 2, (0,))
+
+
+def _committed_bundle(fn, records):
+    fn.start_bundle()
+    for r in records:
+        fn.process(r)
+    return [wv.value for wv in fn.finish_bundle()]
+
+
+@pytest.mark.parametrize("compression", ["fast", "none"])
+def test_a_retried_bundle_leaves_no_trace(tmp_path, compression):
+    """A bundle that dies after writing (the runner retries it) leaves files that no committed bundle
+    reports: finalize_shards deletes them, and the output holds each record exactly once."""
+    tmp = str(tmp_path / "_tmp")
+    fn = bt._WriteBundleFiles(tmp, compression)
+    records = [("train", f"r{i}".encode()) for i in range(5)] + [("eval", b"e0")]
+    fn.start_bundle()                     # first attempt: writes, then the worker dies
+    for r in records:
+        fn.process(r)
+    for w in fn._writers.values():
+        w.close()                         # its files are complete on disk, but never reported
+    orphans = sorted(os.listdir(tmp))
+    assert len(orphans) == 2
+    infos = _committed_bundle(bt._WriteBundleFiles(tmp, compression), records)   # the retry
+    infos += _committed_bundle(bt._WriteBundleFiles(tmp, compression), [("train", b"r5")])
+    summary = bt.finalize_shards(None, infos, str(tmp_path), tmp)
+    assert not os.path.exists(tmp)
+    assert summary["train"]["records"] == 6 and summary["eval"]["records"] == 1
+    got = {split: sorted(r.numpy() for f in info["files"] for r in tf.data.TFRecordDataset(
+        str(tmp_path / f["path"]), compression_type=tfrecord.compression_type(f["path"])))
+        for split, info in summary.items()}
+    assert got == {"train": [f"r{i}".encode() for i in range(6)], "eval": [b"e0"]}
+    assert all(f["path"].endswith(tfrecord.suffix(compression)) for s in summary.values() for f in s["files"])
 
 
 def test_shard_finalization_survives_being_retried(tmp_path):

@@ -91,7 +91,7 @@ def read_gzip_records(path):
     return [r.numpy() for r in tf.data.TFRecordDataset(str(path), compression_type="GZIP")]
 
 
-@pytest.mark.parametrize("compression", [None, "fast", "small"])
+@pytest.mark.parametrize("compression", [None, "fast", "best", "small"])
 def test_gzip_writer_is_readable_by_tf(tmp_path, compression):
     """Both deflate settings write a gzip stream that TF (and Python's gzip) reads back intact."""
     path = tmp_path / "data.tfrecord.gz"
@@ -105,15 +105,37 @@ def test_gzip_writer_is_readable_by_tf(tmp_path, compression):
     assert gzip.decompress(path.read_bytes()) == b"".join(tfrecord.frame(r) for r in RECORDS)
 
 
+def test_plain_writer_is_readable_by_tf(tmp_path):
+    """compression "none": the framed records as they are, no gzip header; TF reads them with
+    compression_type "" (what compression_type() says for a *.tfrecord name)."""
+    path = tmp_path / f"data{tfrecord.suffix('none')}"
+    with tfrecord.TFRecordWriter(str(path), "none") as w:
+        for r in RECORDS:
+            w.write(r)
+    assert path.name == "data.tfrecord" and tfrecord.compression_type(str(path)) == ""
+    assert path.read_bytes() == b"".join(tfrecord.frame(r) for r in RECORDS)
+    assert [r.numpy() for r in tf.data.TFRecordDataset(str(path), compression_type="")] == RECORDS
+
+
+def test_compression_names():
+    """none/fast/best, "small" still accepted as best; GZIP shards end in .gz and are read as GZIP."""
+    assert [tfrecord.canonical(c) for c in ("none", "fast", "best", "small")] == ["none", "fast", "best", "best"]
+    assert [tfrecord.suffix(c) for c in ("none", "fast", "small")] == [".tfrecord", ".tfrecord.gz", ".tfrecord.gz"]
+    assert tfrecord.compression_type("x/data-00000-of-00001.tfrecord.gz") == "GZIP"
+    assert tfrecord.compression_type("x/data-00000-of-00001.tfrecord") == ""
+    with pytest.raises(KeyError):
+        tfrecord.canonical("medium")
+
+
 def test_small_deflate_is_smaller(tmp_path):
     sizes = {}
-    for compression in ("fast", "small"):
+    for compression in ("none", "fast", "small"):
         path = tmp_path / f"{compression}.tfrecord.gz"
-        with tfrecord.GzipTFRecordWriter(str(path), compression) as w:
+        with tfrecord.TFRecordWriter(str(path), compression) as w:
             for seed in range(5):
                 w.write(examples.serialize("x.wav", (1,), random_mel(seed=seed), 1.0))
         sizes[compression] = path.stat().st_size
-    assert sizes["small"] < sizes["fast"]
+    assert sizes["small"] < sizes["fast"] < sizes["none"]
 
 
 def test_unknown_deflate_setting(tmp_path):
