@@ -81,7 +81,8 @@ def fit_window(waveform: tf.Tensor, length: tf.Tensor, cfg: FeatureConfig) -> tf
     n = config_lib.clip_samples(cfg)
     length = tf.cast(length, tf.int32)
     if cfg.trim.enabled:
-        start, end = trim_bounds(waveform, length, cfg)
+        with tf.name_scope("trim"):
+            start, end = trim_bounds(waveform, length, cfg)
     else:
         start, end = tf.zeros_like(length), length
     kept = tf.minimum(end - start, n)
@@ -91,7 +92,9 @@ def fit_window(waveform: tf.Tensor, length: tf.Tensor, cfg: FeatureConfig) -> tf
         w, s, k, o = args
         return tf.pad(w[s:s + k], [[o, n - o - k]])
 
-    return tf.map_fn(place, (waveform, start, kept, offset), fn_output_signature=tf.TensorSpec([n], tf.float32))
+    with tf.name_scope("fit_window"):
+        return tf.map_fn(place, (waveform, start, kept, offset),
+                         fn_output_signature=tf.TensorSpec([n], tf.float32))
 
 
 @functools.lru_cache(maxsize=8)
@@ -165,12 +168,17 @@ def _chunk_mel_power(blocks: tf.Tensor, first_block: tf.Tensor, cfg: FeatureConf
     k, _ = _frame_blocks(cfg)
     window = np.zeros(k * hop)
     window[:n_fft] = _hann_window(n_fft)
-    frames = tf.reshape(tf.gather(blocks, first_block[:, tf.newaxis] + tf.range(k)), [-1, k * hop])
-    spectrum = tf.signal.rfft(frames * tf.constant(window, dtype), [n_fft])
-    power = tf.square(tf.cast(tf.bitcast(spectrum, dtype), tf.float32))           # [frames, bins, (re, im)]
-    power = tf.reshape(power, [-1, 2 * (n_fft // 2 + 1)])
-    bands = _mel_bands(cfg.sample_rate, n_fft, cfg.n_mels, float(cfg.fmin), config_lib.fmax(cfg))
-    return tf.concat([tf.matmul(power[:, a:b], tf.constant(w)) for a, b, w in bands], axis=1)
+    with tf.name_scope("frames"):          # name scopes: bench/profile_features.py reports by them
+        frames = tf.reshape(tf.gather(blocks, first_block[:, tf.newaxis] + tf.range(k)), [-1, k * hop])
+        frames = frames * tf.constant(window, dtype)
+    with tf.name_scope("fft"):
+        spectrum = tf.signal.rfft(frames, [n_fft])
+    with tf.name_scope("power"):
+        power = tf.square(tf.cast(tf.bitcast(spectrum, dtype), tf.float32))       # [frames, bins, (re, im)]
+        power = tf.reshape(power, [-1, 2 * (n_fft // 2 + 1)])
+    with tf.name_scope("mel_bands"):
+        bands = _mel_bands(cfg.sample_rate, n_fft, cfg.n_mels, float(cfg.fmin), config_lib.fmax(cfg))
+        return tf.concat([tf.matmul(power[:, a:b], tf.constant(w)) for a, b, w in bands], axis=1)
 
 
 def _mel_power(window: tf.Tensor, cfg: FeatureConfig) -> tf.Tensor:
@@ -186,38 +194,42 @@ def _mel_power(window: tf.Tensor, cfg: FeatureConfig) -> tf.Tensor:
     k, n_blocks = _frame_blocks(cfg)
     n = config_lib.clip_samples(cfg)
     batch = tf.shape(window)[0]
-    right = n_blocks * hop - n - pad                                   # may crop unused trailing zeros
-    x = tf.pad(window, [[0, 0], [pad, max(right, 0)]])[:, :n_blocks * hop]   # center=True, zero padding
-    blocks = tf.reshape(x, [batch, n_blocks, hop])
-    nonzero = tf.cast(tf.reduce_any(tf.not_equal(blocks, 0.0), axis=2), tf.int32)
-    seen = tf.pad(tf.cumsum(nonzero, axis=1), [[0, 0], [1, 0]])
-    used = tf.cast(tf.where(seen[:, k:k + n_frames] - seen[:, :n_frames] > 0), tf.int32)  # [frames used, (clip, frame)]
-    first_block = used[:, 0] * n_blocks + used[:, 1]
-    n_used = tf.shape(first_block)[0]
-    n_chunks = (n_used + CHUNK_FRAMES - 1) // CHUNK_FRAMES
-    zeros = batch * n_blocks                                           # k rows of zeros appended below
-    blocks = tf.concat([tf.reshape(tf.cast(blocks, dtype), [-1, hop]), tf.zeros([k, hop], dtype)], axis=0)
-    chunks = tf.reshape(tf.pad(first_block, [[0, n_chunks * CHUNK_FRAMES - n_used]], constant_values=zeros),
-                        [n_chunks, CHUNK_FRAMES])
+    with tf.name_scope("frame_selection"):
+        right = n_blocks * hop - n - pad                               # may crop unused trailing zeros
+        x = tf.pad(window, [[0, 0], [pad, max(right, 0)]])[:, :n_blocks * hop]   # center=True, zero padding
+        blocks = tf.reshape(x, [batch, n_blocks, hop])
+        nonzero = tf.cast(tf.reduce_any(tf.not_equal(blocks, 0.0), axis=2), tf.int32)
+        seen = tf.pad(tf.cumsum(nonzero, axis=1), [[0, 0], [1, 0]])
+        used = tf.cast(tf.where(seen[:, k:k + n_frames] - seen[:, :n_frames] > 0), tf.int32)  # [used, (clip, frame)]
+        first_block = used[:, 0] * n_blocks + used[:, 1]
+        n_used = tf.shape(first_block)[0]
+        n_chunks = (n_used + CHUNK_FRAMES - 1) // CHUNK_FRAMES
+        zeros = batch * n_blocks                                       # k rows of zeros appended below
+        blocks = tf.concat([tf.reshape(tf.cast(blocks, dtype), [-1, hop]), tf.zeros([k, hop], dtype)], axis=0)
+        chunks = tf.reshape(tf.pad(first_block, [[0, n_chunks * CHUNK_FRAMES - n_used]], constant_values=zeros),
+                            [n_chunks, CHUNK_FRAMES])
     mel = tf.map_fn(lambda c: _chunk_mel_power(blocks, c, cfg), chunks,
                     fn_output_signature=tf.TensorSpec([CHUNK_FRAMES, cfg.n_mels], tf.float32))
-    mel = tf.reshape(mel, [-1, cfg.n_mels])[:n_used]
-    return tf.scatter_nd(used, mel, tf.stack([batch, n_frames, cfg.n_mels]))
+    with tf.name_scope("scatter"):
+        mel = tf.reshape(mel, [-1, cfg.n_mels])[:n_used]
+        return tf.scatter_nd(used, mel, tf.stack([batch, n_frames, cfg.n_mels]))
 
 
 def log_mel(window: tf.Tensor, cfg: FeatureConfig) -> tf.Tensor:
     """Log-mel power in dB of fixed-length windows ([batch, clip_samples]), [batch, frames, n_mels]."""
     mel = _mel_power(tf.convert_to_tensor(window, tf.float32), cfg)
-    db = 10.0 * (tf.math.log(tf.maximum(tf.constant(cfg.amin, tf.float32), mel)) / np.log(10.0))
-    return tf.maximum(db, tf.reduce_max(db, axis=[1, 2], keepdims=True) - cfg.top_db)
+    with tf.name_scope("db"):
+        db = 10.0 * (tf.math.log(tf.maximum(tf.constant(cfg.amin, tf.float32), mel)) / np.log(10.0))
+        return tf.maximum(db, tf.reduce_max(db, axis=[1, 2], keepdims=True) - cfg.top_db)
 
 
 def normalize(features: tf.Tensor, cfg: FeatureConfig) -> tf.Tensor:
     if cfg.normalization == FeatureConfig.NONE:
         return features
-    mean = tf.reduce_mean(features, axis=[1, 2], keepdims=True)
-    std = tf.math.reduce_std(features, axis=[1, 2], keepdims=True)
-    return (features - mean) / tf.where(std > 0, std, tf.constant(cfg.normalization_eps, features.dtype))
+    with tf.name_scope("normalize"):
+        mean = tf.reduce_mean(features, axis=[1, 2], keepdims=True)
+        std = tf.math.reduce_std(features, axis=[1, 2], keepdims=True)
+        return (features - mean) / tf.where(std > 0, std, tf.constant(cfg.normalization_eps, features.dtype))
 
 
 def compute_features(waveform: tf.Tensor, length: tf.Tensor, cfg: FeatureConfig) -> tf.Tensor:
