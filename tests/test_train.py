@@ -554,7 +554,7 @@ def test_run_fn_exports_where_tfx_expects(train_examples, tmp_path, monkeypatch)
         res = json.load(f)
     assert res["export_path"] == str(serving)
     assert res["epochs_run"] == 1 and res["trainer_config"]["model"]["lstm_units"] == 8
-    assert set(tf.saved_model.load(str(serving)).signatures) == {"serving_default", "serving_waveform"}
+    assert set(tf.saved_model.load(str(serving)).signatures) == {"serving_default", "serving_waveform", "serving_audio"}
 
 
 def test_run_fn_without_files(tmp_path):
