@@ -195,19 +195,23 @@ def _mel_power(window: tf.Tensor, cfg: FeatureConfig) -> tf.Tensor:
     n = config_lib.clip_samples(cfg)
     batch = tf.shape(window)[0]
     with tf.name_scope("frame_selection"):
-        right = n_blocks * hop - n - pad                               # may crop unused trailing zeros
-        x = tf.pad(window, [[0, 0], [pad, max(right, 0)]])[:, :n_blocks * hop]   # center=True, zero padding
-        blocks = tf.reshape(x, [batch, n_blocks, hop])
+        # each clip: centre padding (center=True, zeros), cut or padded to n_blocks blocks of hop
+        # samples, then k blocks of zeros, which the chunks' padding frames read
+        right = n_blocks * hop - n - pad
+        if right >= 0:
+            x = tf.pad(window, [[0, 0], [pad, right + k * hop]])
+        else:                                                          # hop > n_fft / 2: no frame reaches the end
+            x = tf.pad(tf.pad(window, [[0, 0], [pad, 0]])[:, :n_blocks * hop], [[0, 0], [0, k * hop]])
+        blocks = tf.reshape(x, [batch, n_blocks + k, hop])
         nonzero = tf.cast(tf.reduce_any(tf.not_equal(blocks, 0.0), axis=2), tf.int32)
         seen = tf.pad(tf.cumsum(nonzero, axis=1), [[0, 0], [1, 0]])
         used = tf.cast(tf.where(seen[:, k:k + n_frames] - seen[:, :n_frames] > 0), tf.int32)  # [used, (clip, frame)]
-        first_block = used[:, 0] * n_blocks + used[:, 1]
+        first_block = used[:, 0] * (n_blocks + k) + used[:, 1]
         n_used = tf.shape(first_block)[0]
         n_chunks = (n_used + CHUNK_FRAMES - 1) // CHUNK_FRAMES
-        zeros = batch * n_blocks                                       # k rows of zeros appended below
-        blocks = tf.concat([tf.reshape(tf.cast(blocks, dtype), [-1, hop]), tf.zeros([k, hop], dtype)], axis=0)
-        chunks = tf.reshape(tf.pad(first_block, [[0, n_chunks * CHUNK_FRAMES - n_used]], constant_values=zeros),
-                            [n_chunks, CHUNK_FRAMES])
+        chunks = tf.reshape(tf.pad(first_block, [[0, n_chunks * CHUNK_FRAMES - n_used]], constant_values=n_blocks),
+                            [n_chunks, CHUNK_FRAMES])               # padding frames: clip 0's zero blocks
+        blocks = tf.reshape(tf.cast(blocks, dtype), [-1, hop])
     mel = tf.map_fn(lambda c: _chunk_mel_power(blocks, c, cfg), chunks,
                     fn_output_signature=tf.TensorSpec([CHUNK_FRAMES, cfg.n_mels], tf.float32))
     with tf.name_scope("scatter"):

@@ -148,7 +148,9 @@ def _log_mel_error(cfg, clips):
     return float(np.abs(got - want).max())
 
 
-@pytest.mark.parametrize("cfg,n_clips", [(SMALL64, 8), (SEED64, 3)], ids=["small", "seed"])
+@pytest.mark.parametrize("cfg,n_clips", [(SMALL64, 8), (SEED64, 3),
+                                         (config.feature_config("small", "hop_length: 700 n_fft: 512"), 4)],
+                         ids=["small", "seed", "hop-over-half-fft"])
 def test_log_mel_float64_matches_librosa(cfg, n_clips):
     """The default float64 STFT: log-mel dB within 1e-4 dB of librosa (measured ~2e-5 dB), inside the
     1e-3 dB the feature function is specified to."""
