@@ -61,7 +61,7 @@ def main() -> None:
                 by_beam = served.run("serving_waveform", waveform=w, length=n)["scores"]
                 by_graph = served.run("serving_audio", audio=np.array([wav], dtype=object))["scores"]
                 score_diff = max(score_diff, float(np.abs(by_beam - by_graph).max()))
-                gw, gn = audio_graph.decode_batch(np.array([wav], dtype=object), cfg.sample_rate, 600.0)
+                gw, gn = audio_graph.decode_batch(np.array([wav], dtype=object), cfg.sample_rate, 600.0, cfg.limits)
                 a = features.compute_features(w, n, cfg).numpy()
                 b = features.compute_features(gw, gn, cfg).numpy()
                 feat_diff = max(feat_diff, float(np.abs(a - b).max()))

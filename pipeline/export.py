@@ -10,8 +10,9 @@ Signatures:
     serving_waveform  waveform: float32 [batch, time] (mono, at the model's sample rate, zero-padded)
                       length:   int32   [batch]       (samples of each clip; the rest is ignored)
                       -> scores: float32 [batch, labels], labels: string [batch, labels]
-    serving_audio     audio: string [batch] (WAV files as they are: 16-bit PCM, any rate, any channels;
-                      decoded, downmixed and resampled in the graph by pipeline.audio_graph)
+    serving_audio     audio: string [batch] (WAV files as they are: 16-bit PCM, any rate within the
+                      feature config's DecodeLimits, any channels; decoded, downmixed and resampled
+                      in the graph by pipeline.audio_graph)
                       -> scores: float32 [batch, labels], labels: string [batch, labels]
 
 `labels` (the label order of `scores`, also assets/labels.txt) lets a remote client match columns
@@ -114,7 +115,8 @@ class Endpoints:
     def serve_audio(self, wav_bytes):
         nonempty = tf.debugging.assert_greater(tf.size(wav_bytes), 0, message="the request holds no files")
         with tf.control_dependencies([nonempty]):
-            waveform, length = audio_graph.decode_batch(wav_bytes, self._feature_cfg.sample_rate, self._max_seconds)
+            waveform, length = audio_graph.decode_batch(wav_bytes, self._feature_cfg.sample_rate, self._max_seconds,
+                                                        self._feature_cfg.limits)
         return self._scores(features.compute_features(waveform, length, self._feature_cfg))
 
 
