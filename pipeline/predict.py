@@ -11,7 +11,9 @@
 Local mode scores examples through the SavedModel's serving_default signature (what TF Serving
 would answer) and refuses examples whose feature config is not the model's. Server mode decodes
 and resamples each file with the Beam job's own audio code (pipeline.audio) to the model's sample
-rate, sends batches to serving_waveform, and matches columns by the label names the model returns.
+rate and sends batches to serving_waveform; with --signature serving_audio it sends the files as
+they are (16-bit PCM WAV: the model decodes and resamples them in its graph, and refuses other
+files, which are reported). Either way columns are matched by the label names the model returns.
 
 Rows follow sample_submission.csv's order and columns its label order. A row of it that cannot be
 used (duplicate, unsafe name) fails the command by name: the submission is never shorter than the
@@ -159,23 +161,45 @@ def _decode(path: str, cfg) -> np.ndarray:
         return audio.decode(f.read(), cfg.sample_rate, cfg.limits)[0]
 
 
+SIGNATURES = {"serving_waveform": ["waveform", "length"], "serving_audio": ["audio"]}
+
+
+def _read(path: str, cfg) -> bytes:
+    from pipeline import audio
+
+    size = os.path.getsize(path)
+    if size == 0:
+        raise audio.AudioError("empty_file", "file has 0 bytes")
+    audio.check_file_size(size, cfg.limits)
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def predict_server(client, audio_paths: list[str], sample_submission: str | None, out_path: str,
-                   allow_missing: bool, feature_cfg, batch_size: int = 8, labels: str | None = None) -> dict:
-    """Score audio files through TF Serving's serving_waveform; write the submission and errors."""
+                   allow_missing: bool, feature_cfg, batch_size: int = 8, labels: str | None = None,
+                   signature: str = "serving_waveform") -> dict:
+    """Score audio files through TF Serving (serving_waveform: decoded and resampled here;
+    serving_audio: the files' bytes, decoded in the model's graph); write the submission and errors."""
     from tqdm import tqdm
 
     from pipeline import audio, features
     from pipeline.serving_client import ServingError
 
-    client.check_signature("serving_waveform", ["waveform", "length"])
+    if signature not in SIGNATURES:
+        raise ValueError(f"--signature must be one of {sorted(SIGNATURES)}, got {signature!r}")
+    client.check_signature(signature, SIGNATURES[signature])
+    load = _read if signature == "serving_audio" else _decode
     order, paths = _audio_files(audio_paths, sample_submission)
     columns = kaggle_layout.load_vocabulary(labels or sample_submission) if (labels or sample_submission) else None
     errors, by_fname, model_labels = [], {}, None
 
-    def send(batch: list[tuple[str, np.ndarray]]):
+    def send(batch: list[tuple[str, np.ndarray | bytes]]):
         nonlocal model_labels
-        waveform, length = features.pad_batch([w for _, w in batch])
-        out = client.predict("serving_waveform", {"waveform": waveform, "length": length})
+        if signature == "serving_audio":
+            out = client.predict(signature, {"audio": np.array([b for _, b in batch], dtype=object)})
+        else:
+            waveform, length = features.pad_batch([w for _, w in batch])
+            out = client.predict(signature, {"waveform": waveform, "length": length})
         model_labels = [x.decode() if isinstance(x, bytes) else str(x) for x in out["labels"][0]]
         for (fname, _), s in zip(batch, out["scores"]):
             by_fname[fname] = s
@@ -195,7 +219,7 @@ def predict_server(client, audio_paths: list[str], sample_submission: str | None
     batch = []
     for fname in tqdm(order, desc="scoring", unit="clip", file=sys.stderr, disable=None):
         try:
-            batch.append((fname, _decode(paths[fname], feature_cfg)))
+            batch.append((fname, load(paths[fname], feature_cfg)))
         except audio.AudioError as e:
             errors.append({"fname": fname, "reason": e.reason, "detail": e.detail})
         except OSError as e:
@@ -226,8 +250,13 @@ def arg_parser() -> argparse.ArgumentParser:
     server.add_argument("--model_name", default="fat_tagger")
     server.add_argument("--model_version", type=int, help="a version number (default: the one TF Serving serves)")
     server.add_argument("--audio", nargs="+", help="a folder (with --sample_submission) or audio files")
+    server.add_argument("--signature", choices=sorted(SIGNATURES), default="serving_waveform",
+                        help="serving_waveform: files decoded and resampled here (any format the Beam job "
+                             "reads); serving_audio: 16-bit PCM WAV files sent as they are, decoded and "
+                             "resampled by the model")
     server.add_argument("--feature_preset", choices=sorted(config_lib.PRESETS), default="seed",
-                        help="the model's features, for the sample rate audio is resampled to")
+                        help="the model's features, for the sample rate audio is resampled to "
+                             "(serving_waveform; serving_audio uses only its file size limit)")
     server.add_argument("--feature_config", help="a FeatureConfig text proto (e.g. the model's "
                                                  "assets/feature_config.pbtxt) instead of --feature_preset")
     server.add_argument("--batch_size", type=int, default=8, help="clips per request")
@@ -257,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
                              retries=args.retries)
             try:
                 predict_server(client, args.audio, args.sample_submission, args.output, args.allow_missing, cfg,
-                               args.batch_size)
+                               args.batch_size, signature=args.signature)
             finally:
                 client.close()
         else:

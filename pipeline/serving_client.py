@@ -5,13 +5,15 @@
     scores = client.predict("serving_waveform", {"waveform": w, "length": n})["scores"]
 
 Both speak TF Serving's documented APIs (the gRPC protos of tensorflow-serving-api; the REST
-predict API's columnar "inputs"/"outputs" JSON). Calls have a timeout; UNAVAILABLE (the server
+predict API's columnar "inputs"/"outputs" JSON, binary strings such as serialized tf.Examples or
+WAV files as {"b64": ...} objects). Calls have a timeout; UNAVAILABLE (the server
 starting, restarting or overloaded) is retried with exponential back-off; every other failure
 raises ServingError with what went wrong in words: unreachable server, unknown model or version,
 unknown signature or input, a request the model refused (its INVALID_ARGUMENT message), timeout.
 """
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
@@ -180,7 +182,7 @@ class RestClient(_Client):
         return {name: sorted(s.get("inputs", {})) for name, s in defs.items() if not name.startswith("__")}
 
     def predict(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        body = {"signature_name": signature, "inputs": {k: np.asarray(v).tolist() for k, v in inputs.items()}}
+        body = {"signature_name": signature, "inputs": {k: _json_value(v) for k, v in inputs.items()}}
         out = self._request(self._url(":predict"), body, f"{signature} of {self.model}")["outputs"]
         if not isinstance(out, dict):   # a single output comes back bare
             out = {"scores": out}
@@ -188,6 +190,23 @@ class RestClient(_Client):
 
     def close(self):
         pass
+
+
+def _json_value(value):
+    """An input as TF Serving's REST API takes it: numbers as nested lists, bytes as {"b64": ...}
+    (JSON has no binary strings; TF Serving decodes these objects into DT_STRING values)."""
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "SOU":
+        return arr.tolist()
+
+    def encode(x):
+        if isinstance(x, list):
+            return [encode(v) for v in x]
+        if isinstance(x, bytes):
+            return {"b64": base64.b64encode(x).decode("ascii")}
+        return x
+
+    return encode(arr.tolist())
 
 
 def _strings(value) -> bool:

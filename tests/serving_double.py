@@ -3,7 +3,8 @@
 No TF Serving binary can be installed on this project's machines (BUILD_NOTES.md), so the clients
 are tested against this stand-in: it speaks TF Serving's gRPC PredictionService (Predict,
 GetModelMetadata, from tensorflow-serving-api's generated servicer) and its REST API
-(POST /v1/models/NAME[/versions/N]:predict with columnar "inputs", GET .../metadata), and answers
+(POST /v1/models/NAME[/versions/N]:predict with columnar "inputs", binary strings as {"b64": ...},
+GET .../metadata), and answers
 from the SavedModel loaded the way TF Serving loads it (tests/serving_loader.py: TF1 Session,
 signatures by tensor name). Errors follow TF Serving's codes: NOT_FOUND for an unknown model or
 version, INVALID_ARGUMENT (HTTP 400) with the graph's message for a refused request, UNAVAILABLE
@@ -11,6 +12,7 @@ version, INVALID_ARGUMENT (HTTP 400) with the graph's message for a refused requ
 """
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -32,6 +34,15 @@ class _QuietServer(ThreadingHTTPServer):
 
         if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):   # a client that gave up
             super().handle_error(request, client_address)
+
+
+def _b64_decoded(value):
+    """TF Serving's REST API carries binary strings as {"b64": BASE64}: decode them back to bytes."""
+    if isinstance(value, list):
+        return [_b64_decoded(v) for v in value]
+    if isinstance(value, dict) and set(value) == {"b64"}:
+        return base64.b64decode(value["b64"])
+    return value
 
 
 class ServingDouble:
@@ -153,7 +164,8 @@ class ServingDouble:
                 if sig is None:
                     return self._reply(400, {"error": f'Serving signature key "{signature}" not found.'})
                 dtypes = {k: tf.dtypes.as_dtype(v.dtype).as_numpy_dtype for k, v in sig.inputs.items()}
-                inputs = {k: np.asarray(v, dtype=dtypes.get(k, np.float32)) for k, v in body["inputs"].items()}
+                inputs = {k: np.asarray(_b64_decoded(v), dtype=dtypes.get(k, np.float32))
+                          for k, v in body["inputs"].items()}
                 try:
                     out = double._predict(signature, inputs)
                 except tf.errors.InvalidArgumentError as e:
