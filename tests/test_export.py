@@ -42,7 +42,7 @@ def exported(tmp_path_factory):
                            for i, (m, c) in enumerate(zip(mel, clips))], dtype=object)
     keras_scores = model_lib.probabilities(model(mel, training=False), TRAINER).numpy()
     served = ServedModel(path)
-    yield dict(root=root, path=path, model=model, waveform=waveform, length=length, mel=mel,
+    yield dict(root=root, path=path, model=model, clips=clips, waveform=waveform, length=length, mel=mel,
                serialized=serialized, keras_scores=keras_scores, served=served, labels=labels)
     served.close()
 
@@ -60,17 +60,29 @@ def test_both_signatures_run_under_the_tf_serving_loader_and_agree_with_keras(ex
     assert np.ptp(by_example, axis=0).max() > 1e-4          # scores depend on the clip: not vacuous
 
 
-def test_saved_model_cli_runs_the_waveform_signature(exported, tmp_path):
-    np.save(tmp_path / "w.npy", exported["waveform"])
-    np.save(tmp_path / "l.npy", exported["length"])
+@pytest.mark.parametrize("signature", ["serving_default", "serving_waveform", "serving_audio"])
+def test_saved_model_cli_runs_every_signature(exported, tmp_path, signature):
+    """TensorFlow's own tool loads the SavedModel as TF Serving does and runs it by tensor name;
+    string inputs go in as .npy object arrays (it loads them with allow_pickle)."""
+    wavs = np.array([_wav(c, SR) for c in exported["clips"]], dtype=object)
+    inputs = {"serving_default": {"examples": exported["serialized"]},
+              "serving_waveform": {"waveform": exported["waveform"], "length": exported["length"]},
+              "serving_audio": {"audio": wavs}}[signature]
+    for name, value in inputs.items():
+        np.save(tmp_path / f"{name}.npy", value, allow_pickle=True)
     out = tmp_path / "out"
     proc = subprocess.run(["saved_model_cli", "run", "--dir", exported["path"], "--tag_set", "serve",
-                           "--signature_def", "serving_waveform",
-                           "--inputs", f"waveform={tmp_path / 'w.npy'};length={tmp_path / 'l.npy'}",
+                           "--signature_def", signature,
+                           "--inputs", ";".join(f"{k}={tmp_path / k}.npy" for k in inputs),
                            "--outdir", str(out)],
                           capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    np.testing.assert_allclose(np.load(out / "scores.npy"), exported["keras_scores"], rtol=0, atol=1e-5)
+    want = exported["keras_scores"]
+    if signature == "serving_audio":        # the clips at the model's rate as 16-bit PCM: the decoded samples
+        clips = [sf.read(io.BytesIO(w), dtype="float32")[0] for w in wavs]
+        mel = features.compute_features(*features.pad_batch(clips), FEATURES)
+        want = model_lib.probabilities(exported["model"](mel, training=False), TRAINER).numpy()
+    np.testing.assert_allclose(np.load(out / "scores.npy"), want, rtol=0, atol=1e-5)
 
 
 def test_layout_labels_asset_and_no_temporary_version(exported):
