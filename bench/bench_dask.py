@@ -55,12 +55,15 @@ def run_job(data: str, out: str, runner_flags: list[str], extra: list[str]) -> d
 def examples_by_fname(out: str) -> dict:
     import tensorflow as tf
 
+    from pipeline import tfrecord
+
     with open(os.path.join(out, "manifest.json")) as f:
         manifest = json.load(f)
     got = {}
     for split, info in manifest["splits"].items():
         for shard in info["files"]:
-            for rec in tf.data.TFRecordDataset(os.path.join(out, shard["path"]), compression_type="GZIP"):
+            for rec in tf.data.TFRecordDataset(os.path.join(out, shard["path"]),
+                                              compression_type=tfrecord.compression_type(shard["path"])):
                 raw = rec.numpy()
                 fname = tf.train.Example.FromString(raw).features.feature["fname"].bytes_list.value[0]
                 got[fname.decode()] = (split, raw)

@@ -302,7 +302,7 @@ class WriteExamples(beam.PTransform):
     Split folders are named `split_prefix + split`: plain for the command line, "Split-" for a
     TFX Examples artifact, whose readers look for Split-<name>/."""
 
-    def __init__(self, out_dir: str, eval_ratio: float | None, compression: str = "fast", split_prefix: str = ""):
+    def __init__(self, out_dir: str, eval_ratio: float | None, compression: str = "none", split_prefix: str = ""):
         super().__init__()
         self._out_dir, self._eval_ratio, self._compression = out_dir, eval_ratio, compression
         self._split_prefix = split_prefix

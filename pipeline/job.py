@@ -43,7 +43,7 @@ class JobSpec:
     max_error_ratio: float = 0.05
     batch_size: int = 8
     intra_op_threads: int = 0
-    compression: str = "fast"
+    compression: str = "none"                # shards: none, fast or best (tfrecord.DEFLATE)
     split_prefix: str = ""                   # split folders are PREFIX<split>/ ("Split-" for TFX's Examples)
     inputs: dict = field(default_factory=dict)
 
@@ -159,7 +159,7 @@ def arg_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max_error_ratio", type=float, default=0.05,
                     help="fail the job (exit 1) when more than this share of rows are dead letters")
     ap.add_argument("--batch_size", type=int, default=8, help="clips per call of the feature function")
-    ap.add_argument("--compression", choices=tfrecord.CHOICES, default="fast",
+    ap.add_argument("--compression", choices=tfrecord.CHOICES, default="none",
                     help="shards: none = plain *.tfrecord (no deflate CPU, ~36%% more bytes than fast); "
                          "fast = GZIP with Huffman coding only (~2.7 ms an example); best = GZIP at zlib level 6 "
                          "(~2.8x fast's CPU for ~12%% fewer bytes); small = best. See bench/README.md")
@@ -173,7 +173,7 @@ def arg_parser() -> argparse.ArgumentParser:
 def make_spec(*, output_dir: str, cfg: config_lib.FeatureConfig, data_dir: str | None = None, mode: str = "train",
               csv: str | None = None, audio_dir: str | None = None, labels: str | None = None,
               eval_ratio: float = 0.1, max_error_ratio: float = 0.05, batch_size: int = 8,
-              intra_op_threads: int = 0, compression: str = "fast", split_prefix: str = "",
+              intra_op_threads: int = 0, compression: str = "none", split_prefix: str = "",
               inputs: dict | None = None) -> JobSpec:
     """A checked JobSpec: paths default to the Kaggle layout under `data_dir`, the label vocabulary
     is read and the CSV's header checked here, in the driver, so a wrong file fails before any

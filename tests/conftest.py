@@ -34,11 +34,14 @@ def _read_examples(out_dir, manifest):
     import numpy as np
     import tensorflow as tf
 
+    from pipeline import tfrecord
+
     splits = {}
     for split, info in manifest["splits"].items():
         rows = []
         for f in info["files"]:
-            for rec in tf.data.TFRecordDataset(os.path.join(out_dir, f["path"]), compression_type="GZIP"):
+            for rec in tf.data.TFRecordDataset(os.path.join(out_dir, f["path"]),
+                                              compression_type=tfrecord.compression_type(f["path"])):
                 raw = rec.numpy()
                 feat = tf.train.Example.FromString(raw).features.feature
                 rows.append(SimpleNamespace(

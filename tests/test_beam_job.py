@@ -98,7 +98,7 @@ def test_run_succeeds_with_complete_manifest(first):
     assert first.manifest["status"] == output.STATUS_COMPLETE
     assert output.require_complete(str(first.out)) == first.manifest
     assert first.manifest["mode"] == "train"
-    assert first.manifest["example"] == {"mel_shape": [101, 40], "compression": "GZIP", "deflate": "fast"}
+    assert first.manifest["example"] == {"mel_shape": [101, 40], "compression": "NONE", "deflate": "none"}
     assert first.manifest["feature_config"]["derived"] == {"clip_samples": 32000, "n_frames": 101, "fmax": 8000.0}
     assert config.from_text(first.manifest["feature_config_text"]) == CFG
 
@@ -108,7 +108,9 @@ def test_output_holds_only_the_documented_files(first):
     files = {os.path.relpath(p, first.out) for p in output.list_files(str(first.out))}
     shards = {f["path"] for s in first.manifest["splits"].values() for f in s["files"]}
     assert files == {"labels.txt", "dead_letters.jsonl", "manifest.json"} | shards
-    assert all(p.startswith(("train/data-", "eval/data-")) and p.endswith(".tfrecord.gz") for p in shards)
+    assert all(p.startswith(("train/data-", "eval/data-")) and p.endswith(".tfrecord") for p in shards)
+    for p in shards:
+        assert (first.out / p).read_bytes()[:2] != b"\x1f\x8b"        # plain TFRecords by default
 
 
 def test_counts_reconcile(first, data):
@@ -221,24 +223,25 @@ def test_second_run_gives_identical_examples(first, second):
     assert (first.out / "dead_letters.jsonl").read_bytes() == (second.out / "dead_letters.jsonl").read_bytes()
 
 
-def test_plain_tfrecords_hold_the_same_examples(first, data, tmp_path):
-    """--compression none: plain *.tfrecord shards (no gzip header) holding byte-identical examples;
-    the manifest says so, the training input reads them, and --overwrite recognises them as the job's."""
-    plain = finished(data, tmp_path / "out", *LENIENT, "--compression", "none")
-    assert plain.rc == 0
-    assert plain.manifest["example"] == {"mel_shape": [101, 40], "compression": "NONE", "deflate": "none"}
-    shards = [f["path"] for s in plain.manifest["splits"].values() for f in s["files"]]
-    assert shards and all(p.endswith(".tfrecord") for p in shards)
+def test_gzip_shards_hold_the_same_examples(first, data, tmp_path):
+    """--compression fast: GZIP *.tfrecord.gz shards holding byte-identical examples; the manifest
+    says so, the training input reads them as it reads plain ones, and --overwrite recognises both
+    kinds as the job's."""
+    gz = finished(data, tmp_path / "out", *LENIENT, "--compression", "fast")
+    assert gz.rc == 0
+    assert gz.manifest["example"] == {"mel_shape": [101, 40], "compression": "GZIP", "deflate": "fast"}
+    shards = [f["path"] for s in gz.manifest["splits"].values() for f in s["files"]]
+    assert shards and all(p.endswith(".tfrecord.gz") for p in shards)
     for p in shards:
-        assert (plain.out / p).read_bytes()[:2] != b"\x1f\x8b"
-    assert by_fname(plain.records) == by_fname(first.records)
+        assert (gz.out / p).read_bytes()[:2] == b"\x1f\x8b"
+    assert by_fname(gz.records) == by_fname(first.records)
     from pipeline import dataset
 
-    n = sum(len(r) for r in plain.records.values())
-    batches = list(dataset.make_dataset([str(plain.out / p) for p in shards], SHAPE, len(demo_data.LABELS), 64,
-                                        training=False))
-    assert sum(int(b[0].shape[0]) for b in batches) == n
-    again = finished(data, plain.out, *LENIENT, "--overwrite")   # back to GZIP over a plain output
+    for out, manifest in ((gz.out, gz.manifest), (first.out, first.manifest)):
+        files = [str(out / f["path"]) for s in manifest["splits"].values() for f in s["files"]]
+        batches = list(dataset.make_dataset(files, SHAPE, len(demo_data.LABELS), 64, training=False))
+        assert sum(int(b[0].shape[0]) for b in batches) == manifest["counts"]["written"]
+    again = finished(data, gz.out, *LENIENT, "--overwrite")   # plain shards over a GZIP output
     assert again.rc == 0
     assert {os.path.relpath(p, again.out) for p in output.list_files(str(again.out))} == (
         {"labels.txt", "dead_letters.jsonl", "manifest.json"}

@@ -225,7 +225,7 @@ def job_outputs(data, out, *runner_flags):
     {fname: (split, serialized example)}, the dead letters' bytes and the manifest."""
     import tensorflow as tf
 
-    from pipeline import output
+    from pipeline import output, tfrecord
 
     rc = job.run(["--data_dir", str(data.root), "--output_dir", str(out), "--preset", "small",
                   "--max_error_ratio", "0.3", "--log_level", "WARNING", *runner_flags])
@@ -233,7 +233,8 @@ def job_outputs(data, out, *runner_flags):
     examples = {}
     for split, info in manifest["splits"].items():
         for f in info["files"]:
-            for rec in tf.data.TFRecordDataset(os.path.join(out, f["path"]), compression_type="GZIP"):
+            for rec in tf.data.TFRecordDataset(os.path.join(out, f["path"]),
+                                              compression_type=tfrecord.compression_type(f["path"])):
                 raw = rec.numpy()
                 fname = tf.train.Example.FromString(raw).features.feature["fname"].bytes_list.value[0].decode()
                 assert fname not in examples

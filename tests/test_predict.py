@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import dataset, job, predict
+from pipeline import dataset, job, predict, tfrecord
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_submission_follows_sample_submission_and_the_model(trained, train_examp
 
     serve = tf.saved_model.load(results["export_path"]).signatures["serving_default"]
     files, _ = dataset.split_files(str(test_examples), "test")
-    for raw in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+    for raw in (r for f in files for r in tf.data.TFRecordDataset(f, compression_type=tfrecord.compression_type(f))):
         fname = tf.train.Example.FromString(raw.numpy()).features.feature["fname"].bytes_list.value[0].decode()
         want = serve(examples=tf.reshape(raw, [1]))["scores"].numpy()[0]
         got = np.array([float(v) for v in next(r for r in rows if r[0] == fname)[1:]])
