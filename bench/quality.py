@@ -1,24 +1,45 @@
-"""Quality on real audio: FSDD-FAT (spoken digits mixed into the FAT2019 layout), test-split lwlrap.
+"""Quality on real audio: FSDD-FAT (spoken digits mixed into the FAT2019 layout), lwlrap of recipes
+on speakers the model never heard (speaker-held-out folds) and on a test split that shares them.
 
-    .ci/inenv python bench/quality.py [--epochs 30] [--recipes default,seed,mlp]
+    .ci/inenv python bench/quality.py [--recipes default,seed,mlp] [--seeds 1234,7] [--epochs 30]
+        [--folds george,jackson,nicolas,theo,shared] [--train_clips 800] [--test_clips 200]
+        [--candidate NAME=PRESET:OVERRIDES ...]
 
-1. `make_fat_dataset.py --train 800 --test 200 --seed 7` on ../shared/data/fsdd/recordings.
-2. The Beam job (seed feature preset, 636 x 128) on the train clips (90/10 train/eval split) and,
-   separately, on the test clips with their true labels (test_labels.csv).
-3. Each recipe trains on the same examples for at most the same number of epochs, with its own
-   early stopping on eval lwlrap: "default" (this project's TrainerConfig defaults), "seed" (the
-   Kaggle kernel's recipe) and "mlp" (a reference without time modelling: mean, max and std of
-   each mel band into a 2-layer MLP).
-4. Test-split lwlrap is computed from the exported SavedModel's serving_default signature on the
-   test examples (so the export is what is measured), with the training time of each recipe.
+Folds (FSDD has four speakers):
+- `<speaker>` (speaker-held-out): `make_fat_dataset.py --speakers` the other three for training
+  (TRAIN_CLIPS clips, --test 0) and the held-out speaker alone for test (--train 0, TEST_CLIPS
+  clips); both with mixed formats (mono 16-bit, stereo 24-bit, mono float), as users' files come.
+- `shared`: the earlier figure, `--train TRAIN_CLIPS --test TEST_CLIPS --seed 7` over all four
+  speakers (mono 16-bit; 800/200 is the earlier table's data), whose test clips share their
+  speakers with training.
+For each fold the Beam job (seed feature preset, 636 x 128) writes the train clips (90/10
+train/eval split by file name; early stopping sees only the training speakers) and, separately,
+the test clips with their true labels.
 
-Writes bench/out/quality.json and prints a table.
+Recipes: "default" (TrainerConfig defaults), "seed" (`--preset seed`, the Kaggle kernel's recipe),
+"mlp" (mean, max and std of each mel band into a 2-layer MLP: no time modelling), the candidates
+in CANDIDATES below, and any `--candidate NAME=PRESET:OVERRIDES` (text-proto TrainerConfig fields
+merged over the preset). Every recipe trains on the same examples for at most EPOCHS epochs, with
+its own early stopping on eval lwlrap, once per trainer seed (the `seed` field; also the MLP's).
+Test lwlrap is computed from the exported SavedModel's serving_default signature on the test
+examples (so the export is what is measured; the MLP, which has no export, is scored in memory).
+
+Time: `fit_s` is the wall time of model.fit (results.json's train_seconds), `cpu_s` the user+sys
+CPU time of the whole training command (start-up and export included), which is less disturbed
+by other jobs on the machine than wall time. Runs are cached under
+WORK_DIR/runs/RECIPE/SEED/FOLD-CLIPS-EPOCHS (score.json), so an interrupted campaign resumes;
+`--fresh` trains again.
+
+Writes bench/out/quality{TAG}.json (every run) and prints per recipe and seed: each fold's lwlrap,
+the held-out mean and worst fold, the shared-speaker figure and the times; then the spread over
+seeds.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -28,28 +49,59 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 SHARED = os.path.join(os.path.dirname(REPO), "shared")
+RECORDINGS = os.path.join(SHARED, "data", "fsdd", "recordings")
+SPEAKERS = ("george", "jackson", "nicolas", "theo")
+MIXED_FORMATS = "1:PCM_16,2:PCM_24,1:FLOAT"
 sys.path.insert(0, REPO)
 
+# name -> (trainer preset, TrainerConfig overrides). Section-2 candidates of issue 10, each measured
+# under the same protocol (bench/README.md says which won).
+CANDIDATES = {
+    "default": ("default", ""),
+    "seed": ("seed", ""),
+}
 
-def run(cmd: list[str]) -> None:
+
+def run(cmd: list[str]) -> float:
+    """Run a command; returns its children's user+sys CPU seconds."""
     print("+", " ".join(cmd), flush=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(cmd, check=True, cwd=REPO)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def prepare(work: str) -> tuple[str, str]:
-    data, examples, test_examples = (os.path.join(work, d) for d in ("data", "examples", "test_examples"))
-    if not os.path.exists(os.path.join(data, "train_curated.csv")):
-        run([sys.executable, os.path.join(SHARED, "tools", "make_fat_dataset.py"), "--recordings",
-             os.path.join(SHARED, "data", "fsdd", "recordings"), "--out", data, "--train", "800", "--test", "200",
-             "--seed", "7"])
-    beam = [sys.executable, "beam_runner.py", "--direct_num_workers=2", "--direct_running_mode=multi_processing",
-            "--overwrite", "--labels", os.path.join(data, "sample_submission.csv")]
-    if not os.path.exists(os.path.join(examples, "manifest.json")):
-        run(beam + ["--data_dir", data, "--output_dir", examples])
-    if not os.path.exists(os.path.join(test_examples, "manifest.json")):
-        # the test clips with their (normally secret) labels; eval_ratio 0 puts them all in "train"
-        run(beam + ["--csv", os.path.join(data, "test_labels.csv"), "--audio_dir", os.path.join(data, "test"),
-                    "--output_dir", test_examples, "--eval_ratio", "0"])
+def make_fat(out: str, *args: str) -> None:
+    if not os.path.exists(os.path.join(out, "train_curated.csv")):
+        run([sys.executable, os.path.join(SHARED, "tools", "make_fat_dataset.py"), "--recordings", RECORDINGS,
+             "--out", out, *args])
+
+
+def beam(data: str, out: str, *args: str) -> None:
+    if not os.path.exists(os.path.join(out, "manifest.json")):
+        run([sys.executable, "beam_runner.py", "--runner=DirectRunner", "--direct_num_workers=2",
+             "--direct_running_mode=multi_processing", "--overwrite", "--labels",
+             os.path.join(data, "sample_submission.csv"), "--output_dir", out, *args])
+
+
+def prepare(work: str, fold: str, train_clips: int, test_clips: int) -> tuple[str, str]:
+    """(train examples, test examples) of a fold, built once."""
+    base = os.path.join(work, f"{fold}-{train_clips}x{test_clips}")
+    examples, test_examples = os.path.join(base, "examples"), os.path.join(base, "test_examples")
+    if fold == "shared":
+        data = test_data = os.path.join(base, "data")
+        make_fat(data, "--train", str(train_clips), "--test", str(test_clips), "--seed", "7")
+    else:
+        data, test_data = os.path.join(base, "train_data"), os.path.join(base, "test_data")
+        others = ",".join(s for s in SPEAKERS if s != fold)
+        make_fat(data, "--speakers", others, "--train", str(train_clips), "--test", "0", "--seed", "7",
+                 "--formats", MIXED_FORMATS)
+        make_fat(test_data, "--speakers", fold, "--train", "0", "--test", str(test_clips), "--seed", "8",
+                 "--formats", MIXED_FORMATS)
+    beam(data, examples, "--data_dir", data)
+    # the test clips with their (normally secret) labels; eval_ratio 0 puts them all in "train"
+    beam(data, test_examples, "--csv", os.path.join(test_data, "test_labels.csv"), "--audio_dir",
+         os.path.join(test_data, "test"), "--eval_ratio", "0")
     return examples, test_examples
 
 
@@ -57,13 +109,13 @@ def test_set(test_examples: str):
     """Serialized test examples, their multi-hot truth and mels, all in the same order."""
     import tensorflow as tf
 
-    from pipeline import dataset, examples, output
+    from pipeline import dataset, examples, output, tfrecord
 
     files, _ = dataset.split_files(test_examples, "train")
     manifest = output.require_complete(test_examples)
     with open(os.path.join(test_examples, "labels.txt")) as f:
         num_classes = sum(1 for line in f if line.strip())
-    raw = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+    raw = [r.numpy() for f in files for r in tf.data.TFRecordDataset(f, compression_type=tfrecord.compression_type(f))]
     parsed = tf.io.parse_example(tf.constant(raw), examples.parse_spec(tuple(manifest["example"]["mel_shape"])))
     truth = tf.sparse.to_indicator(parsed[examples.LABELS], num_classes).numpy().astype(np.float32)
     return raw, truth, parsed[examples.MEL].numpy()
@@ -76,43 +128,107 @@ def score_saved_model(path: str, raw: list[bytes]) -> np.ndarray:
     return np.concatenate([fn(examples=tf.constant(raw[i:i + 64]))["scores"].numpy() for i in range(0, len(raw), 64)])
 
 
-def train_recipe(name: str, examples: str, work: str, epochs: int, overrides: str, reuse: bool, tag: str) -> dict:
-    out = os.path.join(work, f"run-{name}{tag}")
-    if reuse and os.path.exists(os.path.join(out, "results.json")):
-        with open(os.path.join(out, "results.json")) as f:
-            return json.load(f)
+def train_recipe(preset: str, overrides: str, examples: str, out: str, epochs: int, seed: int) -> dict:
     run(["rm", "-rf", out])
-    preset = "seed" if name == "seed" else "default"
-    run([sys.executable, "-m", "pipeline.train", "--examples", examples, "--work_dir", out, "--export_dir",
-         os.path.join(out, "export"), "--preset", preset, "--set", f"epochs: {epochs} {overrides}"])
+    cpu = run([sys.executable, "-m", "pipeline.train", "--examples", examples, "--work_dir", out, "--export_dir",
+               os.path.join(out, "export"), "--preset", preset, "--set", f"epochs: {epochs} seed: {seed} {overrides}"])
     with open(os.path.join(out, "results.json")) as f:
-        return json.load(f)
+        r = json.load(f)
+    r["cpu_seconds"] = cpu
+    return r
 
 
-def mlp_baseline(examples: str, test_mels: np.ndarray, truth: np.ndarray, epochs: int) -> dict:
-    """Mean, max and std of each band -> Dense 256 -> Dense 80 (sigmoid), Adam 1e-3."""
+def mlp_baseline(examples: str, test_mels: np.ndarray, truth: np.ndarray, epochs: int, seed: int) -> dict:
+    """Mean, max and std of each band -> Dense 256 -> Dense labels (sigmoid), Adam 1e-3."""
     import keras
     import tensorflow as tf
 
     from pipeline import config, dataset, lwlrap, train
+    from pipeline.lwlrap_keras import LwlrapMetric
 
     job = train.job_from_examples(examples, config.trainer_config(), "/tmp", None)
     pool = lambda x: tf.concat([tf.reduce_mean(x, 1), tf.reduce_max(x, 1), tf.math.reduce_std(x, 1)], -1)  # noqa
     n = len(job.labels)
-    mk = lambda files, training: dataset.make_dataset(files, job.mel_shape, n, 32, training=training).map(  # noqa
-        lambda x, y: (pool(x), y))
-    keras.utils.set_random_seed(1234)
+    mk = lambda files, training: dataset.make_dataset(files, job.mel_shape, n, 32, training=training,  # noqa
+                                                      seed=seed).map(lambda x, y: (pool(x), y))
+    keras.utils.set_random_seed(seed)
     model = keras.Sequential([keras.Input((3 * job.mel_shape[1],)), keras.layers.Dense(256, activation="relu"),
                               keras.layers.Dropout(0.2), keras.layers.Dense(n)])
     model.compile(keras.optimizers.Adam(1e-3), keras.losses.BinaryCrossentropy(from_logits=True),
-                  metrics=[lwlrap.LwlrapMetric(n)])
-    t0 = time.time()
-    model.fit(mk(job.train_files, True), validation_data=mk(job.eval_files, False), epochs=epochs, verbose=0,
-              callbacks=[keras.callbacks.EarlyStopping("val_lwlrap", mode="max", patience=10,
-                                                       restore_best_weights=True)])
-    seconds = time.time() - t0
+                  metrics=[LwlrapMetric(n, name="lwlrap")])
+    t0, c0 = time.time(), time.process_time()
+    hist = model.fit(mk(job.train_files, True), validation_data=mk(job.eval_files, False), epochs=epochs, verbose=0,
+                     callbacks=[keras.callbacks.EarlyStopping("val_lwlrap", mode="max", patience=10,
+                                                              restore_best_weights=True)])
+    seconds, cpu = time.time() - t0, time.process_time() - c0
     scores = model.predict(pool(tf.constant(test_mels)), verbose=0)
-    return {"test_lwlrap": lwlrap.lwlrap(truth, scores), "train_seconds": seconds}
+    return {"test_lwlrap": float(lwlrap.lwlrap(truth, scores)), "fit_s": seconds, "cpu_s": cpu,
+            "epochs_run": len(hist.history["loss"]), "eval_lwlrap": float(max(hist.history["val_lwlrap"]))}
+
+
+def one_run(recipe: str, spec: tuple[str, str] | None, seed: int, fold: str, args, data: dict) -> dict:
+    from pipeline import lwlrap
+
+    out = os.path.join(args.work_dir, "runs", recipe, str(seed), f"{fold}-{args.train_clips}x{args.test_clips}-e{args.epochs}")
+    path = os.path.join(out, "score.json")
+    if not args.fresh and os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    examples, (raw, truth, mels) = data[fold]
+    if recipe == "mlp":
+        s = mlp_baseline(examples, mels, truth, args.epochs, seed)
+    else:
+        preset, overrides = spec
+        r = train_recipe(preset, overrides, examples, out, args.epochs, seed)
+        s = {"test_lwlrap": float(lwlrap.lwlrap(truth, score_saved_model(r["export_path"], raw))),
+             "eval_lwlrap": r["eval_lwlrap"], "fit_s": r["train_seconds"], "cpu_s": r["cpu_seconds"],
+             "epochs_run": r["epochs_run"], "preset": preset, "overrides": overrides}
+    s.update(recipe=recipe, seed=seed, fold=fold, test_clips=len(raw), epochs=args.epochs,
+             load_avg=os.getloadavg()[0])
+    os.makedirs(out, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(s, f, indent=1)
+    print(f"{recipe} seed {seed} fold {fold}: test lwlrap {s['test_lwlrap']:.4f} (eval {s['eval_lwlrap']:.4f}), "
+          f"{s['epochs_run']} epochs, fit {s['fit_s']:.0f} s, cpu {s['cpu_s']:.0f} s", flush=True)
+    return s
+
+
+def summarize(runs: list[dict], recipes: list[str], seeds: list[int], folds: list[str]) -> dict:
+    held = [f for f in folds if f != "shared"]
+    table = {}
+    for recipe in recipes:
+        per_seed = {}
+        for seed in seeds:
+            rs = {r["fold"]: r for r in runs if r["recipe"] == recipe and r["seed"] == seed}
+            row = {f: rs[f]["test_lwlrap"] for f in folds if f in rs}
+            if held and all(f in rs for f in held):
+                row["heldout_mean"] = float(np.mean([rs[f]["test_lwlrap"] for f in held]))
+                worst = min(held, key=lambda f: rs[f]["test_lwlrap"])
+                row["worst"], row["worst_fold"] = rs[worst]["test_lwlrap"], worst
+                row["fit_s_per_fold"] = float(np.mean([rs[f]["fit_s"] for f in held]))
+                row["cpu_s_per_fold"] = float(np.mean([rs[f]["cpu_s"] for f in held]))
+                row["epochs_run"] = [rs[f]["epochs_run"] for f in held]
+            per_seed[seed] = row
+        means = [r["heldout_mean"] for r in per_seed.values() if "heldout_mean" in r]
+        table[recipe] = {"seeds": per_seed,
+                         "heldout_mean_over_seeds": float(np.mean(means)) if means else None,
+                         "heldout_mean_spread": float(max(means) - min(means)) if len(means) > 1 else None}
+    return table
+
+
+def print_table(table: dict, folds: list[str]) -> None:
+    cols = folds + ["mean", "worst"]
+    print(f"{'recipe':22s} {'seed':>5s} " + " ".join(f"{c[:8]:>8s}" for c in cols) + f" {'fit s/fold':>10s} "
+          f"{'cpu s/fold':>10s}")
+    for recipe, t in table.items():
+        for seed, row in t["seeds"].items():
+            vals = [row.get(f) for f in folds] + [row.get("heldout_mean"), row.get("worst")]
+            cells = " ".join(f"{v:8.4f}" if v is not None else f"{'-':>8s}" for v in vals)
+            fit, cpu = row.get("fit_s_per_fold"), row.get("cpu_s_per_fold")
+            print(f"{recipe:22s} {seed:>5d} {cells} {fit or 0:10.0f} {cpu or 0:10.0f}")
+        if t["heldout_mean_spread"] is not None:
+            print(f"{'':22s} held-out mean over seeds {t['heldout_mean_over_seeds']:.4f}, "
+                  f"spread {t['heldout_mean_spread']:.4f}")
 
 
 def main() -> None:
@@ -120,34 +236,46 @@ def main() -> None:
     ap.add_argument("--work_dir", default="/tmp/fatp-quality")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--recipes", default="default,seed,mlp")
-    ap.add_argument("--set", default="", help="TrainerConfig overrides for the 'default' recipe (experiments)")
-    ap.add_argument("--reuse", action="store_true", help="score existing runs instead of training again")
-    ap.add_argument("--tag", default="", help="suffix of the run directories (experiments side by side)")
+    ap.add_argument("--seeds", default="1234,7", help="trainer seeds; each recipe runs once per seed")
+    ap.add_argument("--folds", default=",".join(SPEAKERS + ("shared",)),
+                    help="held-out speakers (each a fold) and/or 'shared' (the shared-speaker test split)")
+    ap.add_argument("--train_clips", type=int, default=800, help="training clips per held-out fold")
+    ap.add_argument("--test_clips", type=int, default=200, help="test clips of the held-out speaker")
+    ap.add_argument("--candidate", action="append", default=[], metavar="NAME=PRESET:OVERRIDES",
+                    help="a recipe: TrainerConfig overrides (text proto) merged over a trainer preset")
+    ap.add_argument("--fresh", action="store_true", help="train again instead of reusing cached runs")
+    ap.add_argument("--prepare_only", action="store_true", help="build the folds' examples and stop")
+    ap.add_argument("--tag", default="", help="suffix of the JSON written to bench/out/")
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    examples, test_examples = prepare(args.work_dir)
-    from pipeline import lwlrap
-
-    raw, truth, test_mels = test_set(test_examples)
-    results = {"epochs": args.epochs, "test_clips": len(raw), "default_overrides": args.set}
-    for name in args.recipes.split(","):
-        if name == "mlp":
-            results[name] = mlp_baseline(examples, test_mels, truth, args.epochs)
-        else:
-            r = train_recipe(name, examples, args.work_dir, args.epochs, args.set if name == "default" else "",
-                             args.reuse, args.tag)
-            scores = score_saved_model(r["export_path"], raw)
-            results[name] = {"test_lwlrap": lwlrap.lwlrap(truth, scores), "eval_lwlrap": r["eval_lwlrap"],
-                             "train_seconds": r["train_seconds"], "epochs_run": r["epochs_run"],
-                             "final_train_loss": r["history"]["loss"][-1]}
-        print(name, json.dumps(results[name]), flush=True)
+    candidates = dict(CANDIDATES)
+    for c in args.candidate:
+        name, _, spec = c.partition("=")
+        preset, _, overrides = spec.partition(":")
+        candidates[name] = (preset or "default", overrides)
+    recipes, folds = args.recipes.split(","), args.folds.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    unknown = [r for r in recipes if r != "mlp" and r not in candidates] + [
+        f for f in folds if f != "shared" and f not in SPEAKERS]
+    if unknown:
+        sys.exit(f"unknown recipes/folds {unknown}; recipes: mlp, {sorted(candidates)}; folds: {SPEAKERS}, shared")
+    data = {}
+    for fold in folds:
+        examples, test_examples = prepare(args.work_dir, fold, args.train_clips, args.test_clips)
+        data[fold] = (examples, None if args.prepare_only else test_set(test_examples))
+    if args.prepare_only:
+        return
+    runs = []
+    for recipe in recipes:
+        for seed in seeds:
+            for fold in folds:
+                runs.append(one_run(recipe, candidates.get(recipe), seed, fold, args, data))
+    table = summarize(runs, recipes, seeds, folds)
     os.makedirs(os.path.join(HERE, "out"), exist_ok=True)
     with open(os.path.join(HERE, "out", f"quality{args.tag}.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    print(f"{'recipe':10s} {'test lwlrap':>12s} {'train s':>9s} {'epochs':>7s}")
-    for name in args.recipes.split(","):
-        r = results[name]
-        print(f"{name:10s} {r['test_lwlrap']:12.4f} {r['train_seconds']:9.0f} {r.get('epochs_run', '-')!s:>7s}")
+        json.dump({"args": vars(args), "candidates": {r: candidates.get(r) for r in recipes},
+                   "table": table, "runs": runs}, f, indent=1)
+    print_table(table, folds)
 
 
 if __name__ == "__main__":
