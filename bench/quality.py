@@ -173,7 +173,11 @@ def one_run(recipe: str, spec: tuple[str, str] | None, seed: int, fold: str, arg
     path = os.path.join(out, "score.json")
     if not args.fresh and os.path.exists(path):
         with open(path) as f:
-            return json.load(f)
+            cached = json.load(f)
+        if spec is not None and (cached.get("preset"), cached.get("overrides")) != spec:
+            sys.exit(f"{path} was trained as {recipe}={cached.get('preset')}:{cached.get('overrides')}, not "
+                     f"{recipe}={spec[0]}:{spec[1]}; give the candidate another name, or --fresh")
+        return cached
     examples, (raw, truth, mels) = data[fold]
     if recipe == "mlp":
         s = mlp_baseline(examples, mels, truth, args.epochs, seed)
