@@ -134,6 +134,8 @@ def validate_trainer(cfg: TrainerConfig) -> None:
         problems.append("batch_size and epochs must be > 0")
     if cfg.augment.mixup_alpha < 0:
         problems.append("augment.mixup_alpha must be >= 0")
+    if not 0 <= cfg.augment.freq_warp < 0.5:
+        problems.append("augment.freq_warp must be in [0, 0.5)")
     if problems:
         raise ValueError("invalid TrainerConfig: " + "; ".join(problems))
 

@@ -6,14 +6,18 @@ and the TFX Trainer's run_fn.
 
 Parsing whole batches costs one parse_example call per batch instead of one per example.
 Training may read in non-deterministic order (faster); evaluation keeps the files' order.
-SpecAugment masks and mixup (AugmentConfig, off by default) apply to training batches only.
+Frequency warping (VTLP), SpecAugment masks and mixup (AugmentConfig, off by default) apply to
+training batches only, in that order.
 """
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
-from pipeline import examples, output, tfrecord
-from pipeline.config import AugmentConfig
+from pipeline import examples, features, output, tfrecord
+from pipeline.config import AugmentConfig, FeatureConfig
+
+WARP_LEVELS = 21   # warp factors drawn from this many evenly spaced values in [1 - w, 1 + w]
 
 
 def split_files(examples_dir: str, split: str, manifest: dict | None = None) -> tuple[list[str], int]:
@@ -49,6 +53,29 @@ def spec_augment(mel: tf.Tensor, cfg: AugmentConfig, seed: tf.Tensor) -> tf.Tens
     return mel * keep
 
 
+def freq_warp_matrices(centers: np.ndarray, max_warp: float, levels: int = WARP_LEVELS) -> np.ndarray:
+    """[levels, mels, mels]: one linear map of the mel axis per warp factor a in
+    linspace(1 - max_warp, 1 + max_warp, levels). Output band i takes the input at frequency
+    centers[i] / a, interpolated linearly between the two nearest bands (the edge band past the
+    ends): the spectrum of the same sound with every frequency scaled by a (VTLP)."""
+    mels = len(centers)
+    out = np.zeros((levels, mels, mels), np.float32)
+    cols = np.arange(mels)
+    for k, a in enumerate(np.linspace(1.0 - max_warp, 1.0 + max_warp, levels)):
+        src = np.interp(centers / a, centers, cols)       # fractional source band, clamped to the ends
+        lo = np.floor(src).astype(int)
+        frac = (src - lo).astype(np.float32)
+        out[k, lo, cols] += 1.0 - frac
+        out[k, np.minimum(lo + 1, mels - 1), cols] += frac
+    return out
+
+
+def freq_warp(mel: tf.Tensor, matrices: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Each example of [batch, frames, mels] through one of `matrices` picked at random."""
+    pick = tf.random.stateless_uniform([tf.shape(mel)[0]], seed, 0, tf.shape(matrices)[0], tf.int32)
+    return tf.einsum("btm,bmn->btn", mel, tf.gather(matrices, pick))
+
+
 def mixup(mel: tf.Tensor, labels: tf.Tensor, alpha: float, seed: tf.Tensor):
     """Convex combinations of each example with a shuffled partner; labels mix the same way."""
     s = tf.random.experimental.stateless_split(seed, 3)
@@ -62,11 +89,13 @@ def mixup(mel: tf.Tensor, labels: tf.Tensor, alpha: float, seed: tf.Tensor):
 
 def make_dataset(files: list[str], mel_shape: tuple[int, int], num_classes: int, batch_size: int, *,
                  training: bool, augment: AugmentConfig | None = None, shuffle_buffer: int = 2048,
-                 seed: int = 1234, num_examples: int | None = None) -> tf.data.Dataset:
+                 seed: int = 1234, num_examples: int | None = None,
+                 feature_cfg: FeatureConfig | None = None) -> tf.data.Dataset:
     """(mel [batch, frames, mels], multi-hot labels [batch, classes]) batches from TFRecord files.
 
     `num_examples` (from the manifest) declares the number of batches, so Keras shows progress
-    from the first epoch and knows where an epoch ends."""
+    from the first epoch and knows where an epoch ends. `feature_cfg` (the examples' manifest's)
+    gives the mel bands' frequencies, which augment.freq_warp needs."""
     if not files:
         raise ValueError("make_dataset needs at least one TFRecord file")
     # GZIP or plain shards, by name (the Beam job's --compression)
@@ -83,19 +112,30 @@ def make_dataset(files: list[str], mel_shape: tuple[int, int], num_classes: int,
         ds = ds.apply(tf.data.experimental.assert_cardinality(-(-num_examples // batch_size)))
     ds = ds.map(lambda s: _parse_batch(s, mel_shape, num_classes), num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=not training)
-    if training and augment is not None and (augment.time_masks or augment.freq_masks or augment.mixup_alpha):
-        ds = _augmented(ds, augment, seed)
+    if training and augment is not None and (augment.time_masks or augment.freq_masks or augment.mixup_alpha
+                                             or augment.freq_warp):
+        ds = _augmented(ds, augment, seed, feature_cfg)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def _augmented(ds: tf.data.Dataset, cfg: AugmentConfig, seed: int) -> tf.data.Dataset:
+def _augmented(ds: tf.data.Dataset, cfg: AugmentConfig, seed: int, feature_cfg: FeatureConfig | None):
+    warps = None
+    if cfg.freq_warp:
+        if feature_cfg is None:
+            raise ValueError("augment.freq_warp needs the examples' feature config (the mel bands' frequencies)")
+        warps = tf.constant(freq_warp_matrices(features.mel_centers(feature_cfg), cfg.freq_warp))
+
     def augment(step, batch):
         mel, labels = batch
         step_seed = tf.stack([tf.constant(seed, tf.int64), step])
+        # one independent stream per augmentation (seeds that differ by a small offset could share draws)
+        stream = lambda k: tf.random.experimental.stateless_fold_in(step_seed, k)  # noqa: E731
+        if warps is not None:
+            mel = freq_warp(mel, warps, stream(0))
         if cfg.time_masks or cfg.freq_masks:
-            mel = spec_augment(mel, cfg, step_seed)
+            mel = spec_augment(mel, cfg, stream(1))
         if cfg.mixup_alpha > 0:
-            mel, labels = mixup(mel, labels, cfg.mixup_alpha, step_seed + 1)
+            mel, labels = mixup(mel, labels, cfg.mixup_alpha, stream(2))
         return mel, labels
 
     # a counter gives each batch its own stateless seed: reproducible, no shared RNG state

@@ -35,6 +35,13 @@ def _mel_matrix(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: fl
     return np.ascontiguousarray(mel.T)
 
 
+def mel_centers(cfg: FeatureConfig) -> np.ndarray:
+    """The centre frequency (Hz) of each mel band of the filterbank above, [n_mels]."""
+    import librosa
+
+    return librosa.mel_frequencies(cfg.n_mels + 2, fmin=float(cfg.fmin), fmax=config_lib.fmax(cfg), htk=False)[1:-1]
+
+
 def _mask_past_length(waveform: tf.Tensor, length: tf.Tensor) -> tf.Tensor:
     t = tf.range(tf.shape(waveform)[1])[tf.newaxis, :]
     return tf.where(t < length[:, tf.newaxis], waveform, tf.zeros_like(waveform))

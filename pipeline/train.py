@@ -198,7 +198,8 @@ def train(job: TrainJob) -> dict:
     multi_worker = _num_workers() > 1   # the same count that chose the strategy (a chief is a worker too)
     make = lambda files, training, n: dataset.make_dataset(  # noqa: E731
         files, job.mel_shape, num_classes, global_batch, training=training, augment=cfg.augment,
-        shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed, num_examples=None if multi_worker else n)
+        shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed, num_examples=None if multi_worker else n,
+        feature_cfg=job.feature_cfg)
     train_ds = make(job.train_files, True, job.train_examples)
     eval_ds = make(job.eval_files, False, job.eval_examples)
     if multi_worker:

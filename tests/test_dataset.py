@@ -1,6 +1,6 @@
 """pipeline/dataset.py on the Beam job's real output (the session's `train_examples`): batch shapes,
 labels against the CSV, order and coverage in eval and training mode, declared cardinality,
-split_files' guards, and the SpecAugment / mixup augmentations."""
+split_files' guards, and the frequency-warp / SpecAugment / mixup augmentations."""
 import hashlib
 import json
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import config, dataset, output
+from pipeline import config, dataset, features, output
 
 SHAPE = (101, 40)
 C = 80
@@ -205,6 +205,65 @@ def test_spec_augment_reproducible_and_disabled():
     assert not np.array_equal(a, dataset.spec_augment(x, cfg, tf.constant([7, 2], tf.int64)).numpy())
     off = config.AugmentConfig(time_masks=0, freq_masks=0)
     np.testing.assert_array_equal(dataset.spec_augment(x, off, seed).numpy(), x.numpy())
+
+
+# ------------------------------------------------------------------------------ freq_warp
+
+def test_freq_warp_moves_a_band_to_the_scaled_frequency():
+    """A mel image with one lit band at frequency f comes out lit at the band nearest a*f, for the
+    seed preset's own filterbank; every output band is a convex mix of at most two input bands."""
+    centers = features.mel_centers(config.feature_config("seed"))
+    mats = dataset.freq_warp_matrices(centers, 0.2, levels=5)          # a in 0.8, 0.9, 1.0, 1.1, 1.2
+    assert mats.shape == (5, 128, 128)
+    np.testing.assert_allclose(mats.sum(axis=1), 1.0, atol=1e-6)       # columns: convex weights
+    assert ((mats > 0).sum(axis=1) <= 2).all()
+    np.testing.assert_array_equal(mats[2], np.eye(128, dtype=np.float32))  # a = 1: identity
+    for src in (10, 40, 90):
+        x = np.zeros((1, 3, 128), np.float32)
+        x[..., src] = 1.0
+        for k, a in enumerate((0.8, 0.9, 1.0, 1.1, 1.2)):
+            out = x[0] @ mats[k]
+            peak = int(np.argmax(out[0]))
+            assert abs(centers[peak] - a * centers[src]) <= np.max(np.diff(centers)[max(0, peak - 1):peak + 1])
+            assert (peak > src) == (a > 1.0) and (peak < src) == (a < 1.0)
+
+
+def test_freq_warp_picks_a_factor_per_example_reproducibly():
+    centers = features.mel_centers(config.feature_config("seed"))
+    mats = tf.constant(dataset.freq_warp_matrices(centers, 0.15))
+    x = tf.constant(random_mel(batch=32, frames=20, mels=128))
+    seed = tf.constant([5, 0], tf.int64)
+    out = dataset.freq_warp(x, mats, seed).numpy()
+    np.testing.assert_array_equal(out, dataset.freq_warp(x, mats, seed).numpy())
+    assert not np.array_equal(out, dataset.freq_warp(x, mats, tf.constant([5, 1], tf.int64)).numpy())
+    # each example is exactly one of the 21 warps of itself, and the batch uses several of them
+    used = set()
+    for b in range(32):
+        errs = [np.max(np.abs(out[b] - x[b].numpy() @ m)) for m in mats.numpy()]
+        assert min(errs) < 1e-5
+        used.add(int(np.argmin(errs)))
+    assert len(used) >= 5
+
+
+def test_freq_warp_in_training_batches_needs_the_feature_config(train_examples):
+    files, _ = files_of(train_examples, "train")
+    aug = config.AugmentConfig(freq_warp=0.1)
+    with pytest.raises(ValueError, match="feature config"):
+        dataset.make_dataset(files, SHAPE, C, 8, training=True, augment=aug)
+    fcfg = config.from_text(output.require_complete(str(train_examples.out))["feature_config_text"])
+    plain = {key(m): m for m, _ in dataset.make_dataset(files, SHAPE, C, 8, training=False)
+             for m in m.numpy()}
+    warped = [m for m, _ in dataset.make_dataset(files, SHAPE, C, 8, training=True, augment=aug, feature_cfg=fcfg)
+              for m in m.numpy()]
+    assert len(warped) == len(plain)
+    assert sum(key(m) in plain for m in warped) <= len(warped) // 2    # most examples were warped
+    eval_batches = dataset.make_dataset(files, SHAPE, C, 8, training=False, augment=aug, feature_cfg=fcfg)
+    assert all(key(m) in plain for mel, _ in eval_batches for m in mel.numpy())  # eval: untouched
+
+
+def test_trainer_config_refuses_a_warp_of_half_or_more():
+    with pytest.raises(ValueError, match="freq_warp"):
+        config.trainer_config("default", "augment { freq_warp: 0.5 }")
 
 
 # ------------------------------------------------------------------------------ mixup
