@@ -18,11 +18,20 @@ from pipeline.protos import trainer_config_pb2
 SOFTMAX = trainer_config_pb2.ModelConfig.SOFTMAX
 
 
+@keras.saving.register_keras_serializable(package="fatp")
+class BandMeanNorm(keras.layers.Layer):
+    """[batch, frames, mels] minus each example's per-band mean over frames (ModelConfig.band_mean_norm)."""
+
+    def call(self, x):
+        return x - keras.ops.mean(x, axis=1, keepdims=True)
+
+
 def build_model(mel_shape: tuple[int, int], num_classes: int, cfg: TrainerConfig) -> keras.Model:
     frames, n_mels = mel_shape
     m = cfg.model
     inputs = keras.Input(shape=(frames, n_mels), name="mel")
-    x = keras.layers.Bidirectional(keras.layers.LSTM(m.lstm_units, return_sequences=True), name="bilstm")(inputs)
+    x = BandMeanNorm(name="band_mean_norm")(inputs) if m.band_mean_norm else inputs
+    x = keras.layers.Bidirectional(keras.layers.LSTM(m.lstm_units, return_sequences=True), name="bilstm")(x)
     x = Attention(step_dim=frames if m.attention_step_bias else None, name="attention")(x)
     x = keras.layers.Dropout(m.dropout, name="dropout_1")(x)
     x = keras.layers.Dense(m.dense_units, name="dense")(x)

@@ -140,6 +140,22 @@ def test_small_model_layers():
     assert m(np.zeros((2, 101, 40), np.float32)).shape == (2, 80)
 
 
+def test_band_mean_norm_cancels_a_gain_per_band(tmp_path):
+    """With band_mean_norm, adding a constant per mel band (a microphone's response, in dB) to
+    every frame leaves the logits unchanged; without it, it changes them. The layer survives a
+    .keras round trip."""
+    x = RNG.normal(size=(3, 20, 6)).astype(np.float32)
+    tilt = np.linspace(-2.0, 3.0, 6, dtype=np.float32)[None, None, :]
+    on = model_lib.build_model((20, 6), 5, config.trainer_config("small", "model { band_mean_norm: true }"))
+    off = model_lib.build_model((20, 6), 5, config.trainer_config("small"))
+    assert "band_mean_norm" in shapes(on) and "band_mean_norm" not in shapes(off)
+    np.testing.assert_allclose(on(x + tilt).numpy(), on(x).numpy(), atol=1e-5)
+    assert np.abs(off(x + tilt).numpy() - off(x).numpy()).max() > 1e-3
+    path = str(tmp_path / "m.keras")
+    on.save(path)
+    np.testing.assert_allclose(keras.models.load_model(path)(x).numpy(), on(x).numpy(), atol=1e-6)
+
+
 def lstm_params(units, inputs):
     return 4 * (units * (inputs + units) + units)
 
