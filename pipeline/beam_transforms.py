@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 import stat
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -156,8 +157,24 @@ class _DecodeAudio(beam.DoFn):
         yield Clip(row, np.ascontiguousarray(kept), info["source_seconds"])
 
 
+_FEATURE_FNS: dict[str, object] = {}
+_FEATURE_FNS_LOCK = threading.Lock()
+
+
+def _shared_feature_fn(config_text: str):
+    """One feature function per config and process: DoFn instances on threads of one worker process
+    (--direct_running_mode=multi_threading) share it, so it is traced once per process, not once
+    per thread (tf.function serializes its own first trace and is safe to call from threads)."""
+    from pipeline import features
+    with _FEATURE_FNS_LOCK:
+        if config_text not in _FEATURE_FNS:
+            # clips arrive already trimmed and cut to the window by _DecodeAudio (features.window_keeper)
+            _FEATURE_FNS[config_text] = features.feature_fn(features.without_trim(config_lib.from_text(config_text)))
+        return _FEATURE_FNS[config_text]
+
+
 class _ComputeFeatures(beam.DoFn):
-    """Batches of clips through the feature function, traced once per worker in setup()."""
+    """Batches of clips through the feature function, traced once per worker process."""
 
     LOG_EVERY_S = 30.0
 
@@ -175,8 +192,7 @@ class _ComputeFeatures(beam.DoFn):
             except RuntimeError:  # TF already initialized in this process (e.g. a DirectRunner thread)
                 pass
         self._pad_batch = features.pad_batch
-        # clips arrive already trimmed and cut to the window by _DecodeAudio (features.window_keeper)
-        self._fn = features.feature_fn(features.without_trim(config_lib.from_text(self._config_text)))
+        self._fn = _shared_feature_fn(self._config_text)
         self._done, self._t0, self._last_log = 0, time.time(), time.time()
 
     def _run(self, clips):
