@@ -314,6 +314,25 @@ def test_cli_help():
     assert "--max_error_ratio" in res.stdout and "--overwrite" in res.stdout
 
 
+def test_local_runner_gets_one_worker_per_core_unless_told():
+    """Unset --direct_num_workers: one per core; unset --direct_running_mode: threads up to two
+    workers, processes beyond. What the user sets is kept, in either flag spelling; other runners
+    get nothing."""
+    assert job.local_parallelism([], cores=2) == ["--direct_num_workers=2", "--direct_running_mode=multi_threading"]
+    assert job.local_parallelism([], cores=1) == ["--direct_num_workers=1", "--direct_running_mode=multi_threading"]
+    assert job.local_parallelism([], cores=16) == ["--direct_num_workers=16",
+                                                   "--direct_running_mode=multi_processing"]
+    assert job.local_parallelism(["--direct_num_workers", "8"], cores=2) == ["--direct_running_mode=multi_processing"]
+    assert job.local_parallelism(["--direct_num_workers=0"], cores=2) == ["--direct_running_mode=multi_threading"]
+    assert job.local_parallelism(["--direct_running_mode=in_memory"], cores=4) == ["--direct_num_workers=4"]
+    assert job.local_parallelism(["--direct_num_workers=1", "--direct_running_mode=in_memory"], cores=4) == []
+    cores = job.usable_cores()
+    for flags in ([], ["--runner=DirectRunner"], ["--runner", "FnApiRunner"]):
+        out = job._runner_flags(flags)
+        assert f"--direct_num_workers={cores}" in out and sum(a.startswith("--direct_running_mode=") for a in out) == 1
+    assert job._runner_flags(["--runner=DataflowRunner", "--project=p"]) == ["--runner=DataflowRunner", "--project=p"]
+
+
 def test_cli_without_data_dir_is_an_error(tmp_path):
     res = subprocess.run([sys.executable, "beam_runner.py", "--output_dir", str(tmp_path / "out")], cwd=REPO,
                          capture_output=True, text=True, timeout=300)

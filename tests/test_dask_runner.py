@@ -107,9 +107,10 @@ def test_runner_flag_short_names():
                   ["--runner=apache_beam.runners.dask.dask_runner.DaskRunner"]):
         assert job._runner_flags([*flags, "--dask_local_workers=2"]) == [
             f"--runner={dask_runner.RUNNER_PATH}", "--dask_local_workers=2"]
-    assert job._runner_flags(["--runner=FnApiRunner", "--direct_num_workers=2"]) == [
-        "--runner=FnApiRunner", "--direct_num_workers=2"]
-    assert job._runner_flags(["--direct_num_workers=2"]) == ["--runner=DirectRunner", "--direct_num_workers=2"]
+    assert job._runner_flags(["--runner=FnApiRunner", "--direct_num_workers=2", "--direct_running_mode=in_memory"]) == [
+        "--runner=FnApiRunner", "--direct_num_workers=2", "--direct_running_mode=in_memory"]
+    assert job._runner_flags(["--direct_num_workers=3", "--direct_running_mode=multi_processing"]) == [
+        "--runner=DirectRunner", "--direct_num_workers=3", "--direct_running_mode=multi_processing"]
     opts = PipelineOptions(job._runner_flags(["--runner=DaskRunner", "--dask_local_workers=3"]))
     assert opts.view_as(dask_runner.DaskClusterOptions).dask_local_workers == 3
 
