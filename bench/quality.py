@@ -28,7 +28,8 @@ Time: `fit_s` is the wall time of model.fit (results.json's train_seconds), `cpu
 CPU time of the whole training command (start-up and export included), which is less disturbed
 by other jobs on the machine than wall time. Runs are cached under
 WORK_DIR/runs/RECIPE/SEED/FOLD-CLIPS-EPOCHS (score.json), so an interrupted campaign resumes;
-`--fresh` trains again.
+a cached run is used only if its TrainerConfig (results.json) is the one its recipe resolves to
+now, so a changed default is never scored from runs of the old one; `--fresh` trains again.
 
 Writes bench/out/quality{TAG}.json (every run) and prints per recipe and seed: each fold's lwlrap,
 the held-out mean and worst fold, the shared-speaker figure and the times; then the spread over
@@ -166,6 +167,24 @@ def mlp_baseline(examples: str, test_mels: np.ndarray, truth: np.ndarray, epochs
             "epochs_run": len(hist.history["loss"]), "eval_lwlrap": float(max(hist.history["val_lwlrap"]))}
 
 
+def config_changes(out: str, preset: str, overrides: str, epochs: int, seed: int) -> list[str]:
+    """The TrainerConfig fields (dotted) in which the run cached in `out` (its results.json) differs
+    from what preset + overrides resolve to now. A field the cached run predates counts as
+    unchanged while it is at its default."""
+    from pipeline import config
+
+    def flat(d, prefix=""):
+        return {k2: v2 for k, v in d.items()
+                for k2, v2 in (flat(v, f"{prefix}{k}.").items() if isinstance(v, dict) else [(prefix + k, v)])}
+
+    with open(os.path.join(out, "results.json")) as f:
+        then = flat(json.load(f)["trainer_config"])
+    now = flat(config.to_dict(config.trainer_config(preset, f"epochs: {epochs} seed: {seed} {overrides}")))
+    default = flat(config.to_dict(config.TrainerConfig()))
+    return [f"{k}: {then.get(k, '(absent)')} -> {v}" for k, v in sorted(now.items())
+            if then.get(k, default.get(k)) != v]
+
+
 def one_run(recipe: str, spec: tuple[str, str] | None, seed: int, fold: str, args, data: dict) -> dict:
     from pipeline import lwlrap
 
@@ -177,6 +196,10 @@ def one_run(recipe: str, spec: tuple[str, str] | None, seed: int, fold: str, arg
         if spec is not None and (cached.get("preset"), cached.get("overrides")) != spec:
             sys.exit(f"{path} was trained as {recipe}={cached.get('preset')}:{cached.get('overrides')}, not "
                      f"{recipe}={spec[0]}:{spec[1]}; give the candidate another name, or --fresh")
+        changed = spec is not None and config_changes(out, *spec, args.epochs, seed)
+        if changed:
+            sys.exit(f"{path}: {recipe} now resolves to another TrainerConfig than the cached run was trained "
+                     f"with ({'; '.join(changed)}), e.g. after a default changed; --fresh trains it again")
         return cached
     examples, (raw, truth, mels) = data[fold]
     if recipe == "mlp":
