@@ -326,12 +326,21 @@ class _WorkerLogFilter(logging.Filter):
         return record.levelno >= logging.ERROR or "/pipeline/" in record.getMessage()
 
 
+# INFO lines a user of the job has no use for (kept at --log_level DEBUG): SDK harness threads
+# (multi_threading mode) announcing their start and stop, and Beam reading our DoFns' postponed
+# annotations (`from __future__ import annotations`) as Any, once per transform.
+_CHATTY_LOGGERS = ("apache_beam.runners.worker", "apache_beam.runners.portability.fn_api_runner.worker_handlers",
+                   "apache_beam.typehints.native_type_compatibility")
+
+
 def run(argv: list[str] | None = None) -> int:
     args, beam_args = arg_parser().parse_known_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     if args.log_level.upper() != "DEBUG":
         logging.getLogger("apache_beam.runners.portability.local_job_service").addFilter(_WorkerLogFilter())
+        for name in _CHATTY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
     spec = _resolve(args)
     try:
         start(spec, args.overwrite)

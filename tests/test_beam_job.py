@@ -262,6 +262,21 @@ def test_rerun_needs_overwrite(first, data, tmp_path):
     assert by_fname(again.records) == by_fname(first.records)
 
 
+def test_default_local_run_logs_its_choice_not_the_harness(first, data, tmp_path, caplog):
+    """Without parallelism flags the job logs the workers it chose, and at INFO the SDK harness
+    threads' start/stop lines and Beam's notes on our string annotations stay out; the examples
+    are those of the one-worker run."""
+    import logging
+    caplog.set_level(logging.INFO)
+    again = finished(data, tmp_path / "out", *LENIENT)
+    assert again.rc == 0
+    chose = [r.getMessage() for r in caplog.records if r.getMessage().startswith("local runner:")]
+    assert chose and f"--direct_num_workers={job.usable_cores()}" in chose[0]
+    chatty = [r for r in caplog.records if r.name.startswith(job._CHATTY_LOGGERS) and r.levelno < logging.WARNING]
+    assert not chatty, chatty[:3]
+    assert by_fname(again.records) == by_fname(first.records)
+
+
 def test_interrupted_output_is_refused(data, tmp_path):
     """Files without a manifest (an interrupted run) are refused too: exit 2, files kept."""
     out = tmp_path / "out"
