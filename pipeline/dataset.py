@@ -102,8 +102,9 @@ def make_dataset(files: list[str], mel_shape: tuple[int, int], num_classes: int,
     ds = tf.data.Dataset.from_tensor_slices((list(files), [tfrecord.compression_type(f) for f in files]))
     if training:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    # training reads up to 8 files at once; evaluation reads them one after another (the files' order)
     ds = ds.interleave(lambda f, compression: tf.data.TFRecordDataset(f, compression_type=compression),
-                       cycle_length=min(len(files), 8), num_parallel_calls=tf.data.AUTOTUNE,
+                       cycle_length=min(len(files), 8) if training else 1, num_parallel_calls=tf.data.AUTOTUNE,
                        deterministic=not training)
     if training:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)

@@ -171,6 +171,20 @@ def test_augmentation_applies_to_training_batches_only(train_examples):
     assert ((labels > 0) & (labels < 1)).any()
 
 
+def test_default_recipe_mixes_training_batches_and_the_seed_recipe_does_not(train_examples):
+    """The default TrainerConfig trains on mixup batches (soft labels), chosen on speaker-held-out
+    folds; the seed preset stays the Kaggle kernel's recipe, with plain 0/1 labels."""
+    files, _ = files_of(train_examples, "train")
+
+    def soft_labels(preset):
+        aug = config.trainer_config(preset).augment
+        y = np.concatenate([y.numpy() for _, y in dataset.make_dataset(files, SHAPE, C, 8, training=True, augment=aug)])
+        return int(((y > 0) & (y < 1)).sum())
+
+    assert soft_labels("default") > 0
+    assert soft_labels("seed") == 0
+
+
 # ------------------------------------------------------------------------------ spec_augment
 
 def random_mel(batch=16, frames=101, mels=40, seed=0):
