@@ -16,7 +16,7 @@ For each fold the Beam job (seed feature preset, 636 x 128) writes the train cli
 train/eval split by file name; early stopping sees only the training speakers) and, separately,
 the test clips with their true labels.
 
-Recipes: "default" (TrainerConfig defaults), "seed" (`--preset seed`, the Kaggle kernel's recipe),
+Recipes: "default" (TrainerConfig defaults as they are now), "seed" (`--preset seed`, the Kaggle kernel's recipe),
 "mlp" (mean, max and std of each mel band into a 2-layer MLP: no time modelling), the candidates
 in CANDIDATES below, and any `--candidate NAME=PRESET:OVERRIDES` (text-proto TrainerConfig fields
 merged over the preset). Every recipe trains on the same examples for at most EPOCHS epochs, with
@@ -56,10 +56,17 @@ MIXED_FORMATS = "1:PCM_16,2:PCM_24,1:FLOAT"
 sys.path.insert(0, REPO)
 
 # name -> (trainer preset, TrainerConfig overrides). Section-2 candidates of issue 10, each measured
-# under the same protocol (bench/README.md says which won).
+# under the same protocol (bench/README.md says which won). Overrides spell out what a candidate was
+# trained with, so that a later change of a default does not change what its name means.
 CANDIDATES = {
     "default": ("default", ""),
     "seed": ("seed", ""),
+    "nomix": ("default", "augment { mixup_alpha: 0 }"),          # the default until mixup (2026-11-29)
+    "mixup": ("default", "augment { mixup_alpha: 0.4 }"),        # won: the default since 2026-11-29
+    "freqmask": ("default", "augment { mixup_alpha: 0 freq_masks: 2 freq_mask_max_bins: 16 }"),
+    "warp10": ("default", "augment { mixup_alpha: 0 freq_warp: 0.1 }"),
+    "mixwarp": ("default", "augment { mixup_alpha: 0.4 freq_warp: 0.1 }"),
+    "cmn": ("default", "augment { mixup_alpha: 0.4 } model { band_mean_norm: true }"),
 }
 
 
