@@ -6,8 +6,8 @@ and the TFX Trainer's run_fn.
 
 Parsing whole batches costs one parse_example call per batch instead of one per example.
 Training may read in non-deterministic order (faster); evaluation keeps the files' order.
-Frequency warping (VTLP), SpecAugment masks and mixup (AugmentConfig, off by default) apply to
-training batches only, in that order.
+Frequency warping (VTLP), SpecAugment masks and mixup (AugmentConfig; the default recipe uses
+mixup only) apply to training batches only, in that order.
 """
 from __future__ import annotations
 

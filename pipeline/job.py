@@ -251,8 +251,8 @@ _DASK_RUNNER_NAMES = {"dask", "daskrunner", "apache_beam.runners.dask.dask_runne
 _LOCAL_RUNNER_NAMES = {"directrunner", "fnapirunner", "apache_beam.runners.direct.direct_runner.directrunner",
                        "apache_beam.runners.portability.fn_api_runner.fn_runner.fnapirunner"}
 # Up to this many local workers run as threads of one process (bench/README.md, issue 9: on 2 cores,
-# threads beat worker processes on speed in 3 of 4 runs, with half the memory and less start-up);
-# more run as processes, which the GIL does not cap.
+# threads were faster than worker processes in 5 of 6 same-run comparisons, at half the memory and
+# with one start-up); more run as processes, which the GIL does not cap.
 MAX_THREAD_WORKERS = 2
 
 
