@@ -25,13 +25,16 @@ from pipeline import config as config_lib
 from pipeline.config import FeatureConfig
 
 
+HTK_MEL = False   # Slaney's mel scale (librosa's default, the seed's): the filterbank's and mel_centers'
+
+
 @functools.lru_cache(maxsize=8)
 def _mel_matrix(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
     """Slaney mel filterbank, [1 + n_fft/2, n_mels], a constant in the graph."""
     import librosa
 
     mel = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax,
-                              htk=False, norm="slaney", dtype=np.float32)
+                              htk=HTK_MEL, norm="slaney", dtype=np.float32)
     return np.ascontiguousarray(mel.T)
 
 
@@ -39,7 +42,7 @@ def mel_centers(cfg: FeatureConfig) -> np.ndarray:
     """The centre frequency (Hz) of each mel band of the filterbank above, [n_mels]."""
     import librosa
 
-    return librosa.mel_frequencies(cfg.n_mels + 2, fmin=float(cfg.fmin), fmax=config_lib.fmax(cfg), htk=False)[1:-1]
+    return librosa.mel_frequencies(cfg.n_mels + 2, fmin=float(cfg.fmin), fmax=config_lib.fmax(cfg), htk=HTK_MEL)[1:-1]
 
 
 def _mask_past_length(waveform: tf.Tensor, length: tf.Tensor) -> tf.Tensor:
