@@ -67,6 +67,7 @@ CANDIDATES = {
     "warp10": ("default", "augment { mixup_alpha: 0 freq_warp: 0.1 }"),
     "mixwarp": ("default", "augment { mixup_alpha: 0.4 freq_warp: 0.1 }"),
     "cmn": ("default", "augment { mixup_alpha: 0.4 } model { band_mean_norm: true }"),
+    "cosmix": ("default", "augment { mixup_alpha: 0.4 } optimizer { schedule: COSINE }"),
 }
 
 
@@ -85,14 +86,28 @@ def make_fat(out: str, *args: str) -> None:
              "--out", out, *args])
 
 
-def beam(data: str, out: str, *args: str) -> None:
-    if not os.path.exists(os.path.join(out, "manifest.json")):
+def beam(data: str, out: str, features: str, *args: str) -> None:
+    """Examples of `data` in `out`, built once with the seed feature preset + `features` (text proto);
+    examples already there built with other features are refused."""
+    from pipeline import config
+
+    manifest = os.path.join(out, "manifest.json")
+    if not os.path.exists(manifest):
+        path = out.rstrip("/") + ".features.pbtxt"
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(features)
         run([sys.executable, "beam_runner.py", "--runner=DirectRunner", "--direct_num_workers=2",
              "--direct_running_mode=multi_processing", "--overwrite", "--labels",
-             os.path.join(data, "sample_submission.csv"), "--output_dir", out, *args])
+             os.path.join(data, "sample_submission.csv"), "--output_dir", out, "--feature_config", path, *args])
+    with open(manifest) as f:
+        built = json.load(f)["feature_config_text"]
+    if config.from_text(built) != config.feature_config("seed", features):
+        sys.exit(f"{out} holds examples of other features than --features {features!r} asks for:\n{built}"
+                 "give this feature config its own --work_dir")
 
 
-def prepare(work: str, fold: str, train_clips: int, test_clips: int) -> tuple[str, str]:
+def prepare(work: str, fold: str, train_clips: int, test_clips: int, features: str = "") -> tuple[str, str]:
     """(train examples, test examples) of a fold, built once."""
     base = os.path.join(work, f"{fold}-{train_clips}x{test_clips}")
     examples, test_examples = os.path.join(base, "examples"), os.path.join(base, "test_examples")
@@ -106,9 +121,9 @@ def prepare(work: str, fold: str, train_clips: int, test_clips: int) -> tuple[st
                  "--formats", MIXED_FORMATS)
         make_fat(test_data, "--speakers", fold, "--train", "0", "--test", str(test_clips), "--seed", "8",
                  "--formats", MIXED_FORMATS)
-    beam(data, examples, "--data_dir", data)
+    beam(data, examples, features, "--data_dir", data)
     # the test clips with their (normally secret) labels; eval_ratio 0 puts them all in "train"
-    beam(data, test_examples, "--csv", os.path.join(test_data, "test_labels.csv"), "--audio_dir",
+    beam(data, test_examples, features, "--csv", os.path.join(test_data, "test_labels.csv"), "--audio_dir",
          os.path.join(test_data, "test"), "--eval_ratio", "0")
     return examples, test_examples
 
@@ -280,6 +295,8 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true", help="train again instead of reusing cached runs")
     ap.add_argument("--prepare_only", action="store_true", help="build the folds' examples and stop")
     ap.add_argument("--tag", default="", help="suffix of the JSON written to bench/out/")
+    ap.add_argument("--features", default="", help="FeatureConfig fields (text proto) over the seed preset for "
+                    "the folds' examples, e.g. 'float64_stft: false'; each feature config needs its own --work_dir")
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     candidates = dict(CANDIDATES)
@@ -295,7 +312,7 @@ def main() -> None:
         sys.exit(f"unknown recipes/folds {unknown}; recipes: mlp, {sorted(candidates)}; folds: {SPEAKERS}, shared")
     data = {}
     for fold in folds:
-        examples, test_examples = prepare(args.work_dir, fold, args.train_clips, args.test_clips)
+        examples, test_examples = prepare(args.work_dir, fold, args.train_clips, args.test_clips, args.features)
         data[fold] = (examples, None if args.prepare_only else test_set(test_examples))
     if args.prepare_only:
         return

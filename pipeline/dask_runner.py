@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import uuid
 from dataclasses import dataclass
@@ -383,7 +382,9 @@ class DaskRunner(beam_dask.DaskRunner):
         local_workers = options.view_as(DaskClusterOptions).dask_local_workers
         cluster = None
         if not (dask_options.get("address") or dask_options.get("scheduler_file")):
-            workers = local_workers or os.cpu_count() or 1
+            from pipeline.job import usable_cores
+
+            workers = local_workers or usable_cores()
             cluster = start_local_cluster(workers)
             dask_options["address"] = cluster
             log.info("started a dask LocalCluster of %d worker processes", workers)

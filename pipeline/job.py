@@ -247,9 +247,15 @@ def start(spec: JobSpec, overwrite: bool) -> None:
 _DASK_RUNNER_NAMES = {"dask", "daskrunner", "apache_beam.runners.dask.dask_runner.daskrunner"}
 
 
+# Beam's DirectRunner: on a batch job like this one it runs FnApiRunner, but Beam 2.77 first tries
+# to download its Prism runner from GitHub and, where that works, runs the job there, where
+# --direct_num_workers / --direct_running_mode mean nothing. The job names FnApiRunner itself, so
+# `--runner=DirectRunner` runs the same engine with the same parallelism on every machine
+# (`--runner=PrismRunner` asks for Prism).
+_DIRECT_RUNNER_NAMES = {"directrunner", "apache_beam.runners.direct.direct_runner.directrunner"}
+LOCAL_RUNNER = "FnApiRunner"
 # Beam's local Python runners, which take --direct_num_workers / --direct_running_mode
-_LOCAL_RUNNER_NAMES = {"directrunner", "fnapirunner", "apache_beam.runners.direct.direct_runner.directrunner",
-                       "apache_beam.runners.portability.fn_api_runner.fn_runner.fnapirunner"}
+_LOCAL_RUNNER_NAMES = {"fnapirunner", "apache_beam.runners.portability.fn_api_runner.fn_runner.fnapirunner"}
 # Up to this many local workers run as threads of one process (bench/README.md, issue 9: on 2 cores,
 # threads were faster than worker processes in 5 of 6 same-run comparisons, at half the memory and
 # with one start-up); more run as processes, which the GIL does not cap.
@@ -278,9 +284,10 @@ def local_parallelism(beam_args: list[str], cores: int | None = None) -> list[st
 
 
 def _runner_flags(beam_args: list[str]) -> list[str]:
-    """--runner=DirectRunner unless a runner is given; --runner=DaskRunner (also `--runner DaskRunner`,
-    or Beam's full class path) selects pipeline.dask_runner.DaskRunner. A local runner gets
-    local_parallelism() for the flags it was not given."""
+    """The local runner (FnApiRunner) unless another runner is given; --runner=DirectRunner runs it too
+    (see _DIRECT_RUNNER_NAMES). --runner=DaskRunner (also `--runner DaskRunner`, or Beam's full class
+    path) selects pipeline.dask_runner.DaskRunner. The local runner gets local_parallelism() for the
+    flags it was not given."""
     out, i, named = [], 0, False
     while i < len(beam_args):
         arg = beam_args[i]
@@ -288,14 +295,19 @@ def _runner_flags(beam_args: list[str]) -> list[str]:
             arg, i = f"--runner={beam_args[i + 1]}", i + 1
         if arg.startswith("--runner="):
             named = True
-            if arg.split("=", 1)[1].strip().lower() in _DASK_RUNNER_NAMES:
+            name = arg.split("=", 1)[1].strip().lower()
+            if name in _DASK_RUNNER_NAMES:
                 from pipeline import dask_runner  # noqa: F401 -- registers --dask_local_workers with Beam's options
                 log.info("runner: %s (Beam's DaskRunner with fixes, see BUILD_NOTES.md)", dask_runner.RUNNER_PATH)
                 arg = f"--runner={dask_runner.RUNNER_PATH}"
+            elif name in _DIRECT_RUNNER_NAMES:
+                log.info("runner: %s, the engine Beam's DirectRunner runs this batch job on, without its attempt "
+                         "to download and start Prism first (--runner=PrismRunner runs Prism)", LOCAL_RUNNER)
+                arg = f"--runner={LOCAL_RUNNER}"
         out.append(arg)
         i += 1
     if not named:
-        out.insert(0, "--runner=DirectRunner")
+        out.insert(0, f"--runner={LOCAL_RUNNER}")
     runner = next(a for a in out if a.startswith("--runner=")).split("=", 1)[1].strip().lower()
     if runner in _LOCAL_RUNNER_NAMES:
         extra = local_parallelism(out)

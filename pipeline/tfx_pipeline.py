@@ -32,11 +32,14 @@ COMPONENT_IDS = ("AudioExampleGen", "StatisticsGen", "SchemaGen", "ExampleValida
 def default_beam_pipeline_args(workers: int | None = None) -> list[str]:
     """Beam flags for the Beam components on this machine.
 
-    The runner is named explicitly: Beam 2.77's DirectRunner first tries to download and start its
-    Prism runner; FnApiRunner is the Python runner that DirectRunner falls back to, honouring
-    direct_num_workers / direct_running_mode. One worker process per core."""
-    workers = workers or os.cpu_count() or 1
-    return ["--runner=FnApiRunner", f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"]
+    The runner is named explicitly (pipeline.job.LOCAL_RUNNER): Beam 2.77's DirectRunner first tries
+    to download and start its Prism runner; FnApiRunner is the Python runner that DirectRunner falls
+    back to, honouring direct_num_workers / direct_running_mode. One worker process per usable core
+    (pipeline.job.usable_cores: the CPUs this process may run on)."""
+    from pipeline import job
+
+    workers = workers or job.usable_cores()
+    return [f"--runner={job.LOCAL_RUNNER}", f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"]
 
 
 def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_dir: str, serving_root: str,

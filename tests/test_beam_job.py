@@ -348,6 +348,31 @@ def test_local_runner_gets_one_worker_per_core_unless_told():
     assert job._runner_flags(["--runner=DataflowRunner", "--project=p"]) == ["--runner=DataflowRunner", "--project=p"]
 
 
+def test_direct_runner_runs_fnapi_runner_without_prism(caplog):
+    """--runner=DirectRunner, in any spelling, is run on FnApiRunner: Beam's DirectRunner would first
+    try to download Prism (and on a machine that reaches GitHub run the job there, ignoring the
+    --direct_* flags). The switch is logged; --runner=PrismRunner passes through."""
+    import logging
+    caplog.set_level(logging.INFO)
+    flags = ["--direct_num_workers=1", "--direct_running_mode=in_memory"]
+    for runner in (["--runner=DirectRunner"], ["--runner", "directrunner"],
+                   ["--runner=apache_beam.runners.direct.direct_runner.DirectRunner"], []):
+        assert job._runner_flags([*runner, *flags]) == ["--runner=FnApiRunner", *flags]
+    assert any("without its attempt to download and start Prism" in r.getMessage() for r in caplog.records)
+    assert job._runner_flags(["--runner=PrismRunner"]) == ["--runner=PrismRunner"]
+
+
+def test_core_count_follows_cpu_affinity(monkeypatch):
+    """In a container or under taskset the usable cores are fewer than the machine's: the job's local
+    workers and the TFX pipeline's Beam workers count the usable ones (as dask_runner's local cluster
+    does, through the same job.usable_cores)."""
+    from pipeline import tfx_pipeline
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    assert job.usable_cores() == 1
+    assert "--direct_num_workers=1" in job._runner_flags([])
+    assert "--direct_num_workers=1" in tfx_pipeline.default_beam_pipeline_args()
+
+
 def test_cli_without_data_dir_is_an_error(tmp_path):
     res = subprocess.run([sys.executable, "beam_runner.py", "--output_dir", str(tmp_path / "out")], cwd=REPO,
                          capture_output=True, text=True, timeout=300)

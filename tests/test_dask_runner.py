@@ -102,7 +102,7 @@ class _Fails(beam.DoFn):
 
 def test_runner_flag_short_names():
     """--runner=DaskRunner (either spelling, any case, or Beam's own class path) selects the fixed
-    runner; other runners pass through; DirectRunner is the default."""
+    runner; other runners pass through; the local runner (FnApiRunner) is the default."""
     for flags in (["--runner=DaskRunner"], ["--runner", "DaskRunner"], ["--runner=dask"],
                   ["--runner=apache_beam.runners.dask.dask_runner.DaskRunner"]):
         assert job._runner_flags([*flags, "--dask_local_workers=2"]) == [
@@ -110,7 +110,7 @@ def test_runner_flag_short_names():
     assert job._runner_flags(["--runner=FnApiRunner", "--direct_num_workers=2", "--direct_running_mode=in_memory"]) == [
         "--runner=FnApiRunner", "--direct_num_workers=2", "--direct_running_mode=in_memory"]
     assert job._runner_flags(["--direct_num_workers=3", "--direct_running_mode=multi_processing"]) == [
-        "--runner=DirectRunner", "--direct_num_workers=3", "--direct_running_mode=multi_processing"]
+        "--runner=FnApiRunner", "--direct_num_workers=3", "--direct_running_mode=multi_processing"]
     opts = PipelineOptions(job._runner_flags(["--runner=DaskRunner", "--dask_local_workers=3"]))
     assert opts.view_as(dask_runner.DaskClusterOptions).dask_local_workers == 3
 
