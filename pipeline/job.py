@@ -12,6 +12,7 @@ import datetime
 import logging
 import os
 import platform
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -332,10 +333,23 @@ def _summary(manifest: dict, seconds: float) -> str:
 
 class _WorkerLogFilter(logging.Filter):
     """DirectRunner's multi_processing mode relays every log line of its workers (gRPC channels,
-    harness start-up...) at INFO. Keep this project's lines and the workers' errors."""
+    harness start-up...) at INFO, each as the text of its LogEntry proto. Keep this project's lines
+    and the workers' errors, and show each as its message and where it was logged."""
+
+    _FIELD = {name: re.compile(name + r': "((?:[^"\\]|\\.)*)"') for name in ("message", "log_location")}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.ERROR or "/pipeline/" in record.getMessage()
+        text = record.getMessage()
+        if not (record.levelno >= logging.ERROR or "/pipeline/" in text):
+            return False
+        found = {k: p.search(text) for k, p in self._FIELD.items()}
+        if found["message"]:
+            from google.protobuf import text_encoding
+
+            msg = text_encoding.CUnescape(found["message"].group(1)).decode("utf-8", "replace")
+            where = found["log_location"] and os.path.basename(found["log_location"].group(1))
+            record.msg, record.args = f"worker: {msg}" + (f" ({where})" if where else ""), ()
+        return True
 
 
 # INFO lines a user of the job has no use for (kept at --log_level DEBUG): SDK harness threads

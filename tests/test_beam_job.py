@@ -541,3 +541,27 @@ def test_a_clip_that_breaks_its_batch_takes_no_batch_mate_with_it():
     assert [(d["fname"], d["reason"]) for d in dead] == [("bad.wav", "feature_error")]
     alone = features.feature_fn(features.without_trim(CFG))(*features.pad_batch([good[0].waveform])).numpy()
     np.testing.assert_array_equal(mels[0][1], alone[0])    # the same traced function, alone
+
+
+def test_worker_log_lines_are_shown_as_their_message():
+    """multi_processing workers' log lines reach the job as the text of Beam's LogEntry proto (as
+    local_job_service relays them). The job's own lines come out as their message and where they
+    were logged (quotes and non-ASCII intact); other INFO lines are dropped, errors kept."""
+    import logging
+
+    from apache_beam.portability.api import beam_fn_api_pb2
+
+    def relayed(level, message, location):
+        entry = beam_fn_api_pb2.LogEntry(severity=beam_fn_api_pb2.LogEntry.Severity.INFO, message=message,
+                                         log_location=location, instruction_id="bundle_1")
+        return logging.LogRecord("apache_beam.runners.portability.local_job_service", level, __file__, 1,
+                                 "Worker: %s", (str(entry).replace("\n", " "),), None)
+
+    keep = job._WorkerLogFilter()
+    ours = relayed(logging.INFO, 'rows.csv: 246 usable rows, 3 rejected, "naïve" \\ path',
+                   "/work/main/pipeline/beam_transforms.py:58")
+    assert keep.filter(ours)
+    assert ours.getMessage() == 'worker: rows.csv: 246 usable rows, 3 rejected, "naïve" \\ path (beam_transforms.py:58)'
+    assert not keep.filter(relayed(logging.INFO, "Creating insecure channel", "/venv/apache_beam/x.py:9"))
+    err = relayed(logging.ERROR, "harness crashed", "/venv/apache_beam/x.py:9")
+    assert keep.filter(err) and err.getMessage() == "worker: harness crashed (x.py:9)"
