@@ -68,6 +68,8 @@ CANDIDATES = {
     "mixwarp": ("default", "augment { mixup_alpha: 0.4 freq_warp: 0.1 }"),
     "cmn": ("default", "augment { mixup_alpha: 0.4 } model { band_mean_norm: true }"),
     "cosmix": ("default", "augment { mixup_alpha: 0.4 } optimizer { schedule: COSINE }"),
+    "drop5": ("default", "augment { mixup_alpha: 0.4 } model { dropout: 0.5 }"),
+    "mix10": ("default", "augment { mixup_alpha: 1.0 }"),
 }
 
 
