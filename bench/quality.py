@@ -70,6 +70,7 @@ CANDIDATES = {
     "cosmix": ("default", "augment { mixup_alpha: 0.4 } optimizer { schedule: COSINE }"),
     "drop5": ("default", "augment { mixup_alpha: 0.4 } model { dropout: 0.5 }"),
     "mix10": ("default", "augment { mixup_alpha: 1.0 }"),
+    "tmask": ("default", "augment { mixup_alpha: 0.4 time_masks: 2 time_mask_max_frames: 40 }"),
 }
 
 
