@@ -106,8 +106,8 @@ def beam(data: str, out: str, features: str, *args: str) -> None:
     with open(manifest) as f:
         built = json.load(f)["feature_config_text"]
     if config.from_text(built) != config.feature_config("seed", features):
-        sys.exit(f"{out} holds examples of other features than --features {features!r} asks for:\n{built}"
-                 "give this feature config its own --work_dir")
+        sys.exit(f"{out} holds examples of other features than --features {features!r} asks for; they were "
+                 f"built with (fields over the defaults):\n{built}Give each feature config its own --work_dir.")
 
 
 def prepare(work: str, fold: str, train_clips: int, test_clips: int, features: str = "") -> tuple[str, str]:
