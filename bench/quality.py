@@ -3,7 +3,7 @@ on speakers the model never heard (speaker-held-out folds) and on a test split t
 
     .ci/inenv python bench/quality.py [--recipes default,seed,mlp] [--seeds 1234,7] [--epochs 30]
         [--folds george,jackson,nicolas,theo,shared] [--train_clips 800] [--test_clips 200]
-        [--candidate NAME=PRESET:OVERRIDES ...]
+        [--candidate NAME=PRESET:OVERRIDES ...] [--features FIELDS --work_dir DIR]
 
 Folds (FSDD has four speakers):
 - `<speaker>` (speaker-held-out): `make_fat_dataset.py --speakers` the other three for training
@@ -14,7 +14,9 @@ Folds (FSDD has four speakers):
   speakers with training.
 For each fold the Beam job (seed feature preset, 636 x 128) writes the train clips (90/10
 train/eval split by file name; early stopping sees only the training speakers) and, separately,
-the test clips with their true labels.
+the test clips with their true labels. `--features` (FeatureConfig fields over the seed preset,
+e.g. "float64_stft: false") builds the folds with other features; each feature config needs its
+own --work_dir, and examples built with other features are refused.
 
 Recipes: "default" (TrainerConfig defaults as they are now), "seed" (`--preset seed`, the Kaggle kernel's recipe),
 "mlp" (mean, max and std of each mel band into a 2-layer MLP: no time modelling), the candidates
