@@ -88,12 +88,14 @@ def timed(cmd: list[str], cwd: str = REPO) -> tuple[float, int, str]:
     return seconds, rss.peak, out
 
 
-def make_data(n: int, out: str) -> None:
+def make_data(n: int, out: str, formats: str | None = None) -> None:
+    """n FSDD-FAT training clips in `out`, built once; `formats` is make_fat_dataset's --formats
+    (e.g. "1:PCM_16,2:PCM_24,1:FLOAT"; default: its own, mono 16-bit)."""
     if os.path.exists(os.path.join(out, "train_curated.csv")):
         return
     subprocess.run([sys.executable, os.path.join(SHARED, "tools", "make_fat_dataset.py"), "--recordings",
                     os.path.join(SHARED, "data", "fsdd", "recordings"), "--out", out, "--train", str(n),
-                    "--test", "1", "--seed", "7"], check=True)
+                    "--test", "1", "--seed", "7", *(["--formats", formats] if formats else [])], check=True)
     # the job wants sample_submission.csv for the label order; make_fat_dataset writes it
 
 

@@ -19,31 +19,31 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-SHARED = os.path.join(os.path.dirname(REPO), "shared")
+sys.path.insert(0, HERE)
 sys.path.insert(0, REPO)
+
+from bench_features import make_data  # noqa: E402
+from profile_features import _clips  # noqa: E402
+
 BAR = 1e-3
 
 
 def clips(data: str, n: int, sr: int) -> list:
-    import csv
-
+    """(file name, waveform decoded and resampled as the job does) of the first n clips."""
     import numpy as np
 
     from pipeline import audio
 
-    with open(os.path.join(data, "train_curated.csv")) as f:
-        names = [r[0] for r in csv.reader(f)][1:n + 1]
     out = []
-    for name in names:
-        with open(os.path.join(data, "train_curated", name), "rb") as f:
+    for path in _clips(data, n):
+        with open(path, "rb") as f:
             y, _ = audio.decode(f.read(), sr)
-        out.append((name, np.asarray(y, np.float32)))
+        out.append((os.path.basename(path), np.asarray(y, np.float32)))
     return out
 
 
@@ -54,11 +54,9 @@ def main() -> None:
     ap.add_argument("--data", help="a FAT-layout folder (default: FSDD-FAT built under /tmp)")
     args = ap.parse_args()
 
-    data = args.data or f"/tmp/fatp-stft-dtype-{args.clips}"
-    if not os.path.exists(os.path.join(data, "train_curated.csv")):
-        subprocess.run([sys.executable, os.path.join(SHARED, "tools", "make_fat_dataset.py"), "--recordings",
-                        os.path.join(SHARED, "data", "fsdd", "recordings"), "--out", data, "--train", str(args.clips),
-                        "--test", "0", "--seed", "11", "--formats", "1:PCM_16,2:PCM_24,1:FLOAT"], check=True)
+    data = args.data or f"/tmp/fatp-bench/fsdd-fat-mixed-{args.clips}"
+    if not args.data:
+        make_data(args.clips, data, formats="1:PCM_16,2:PCM_24,1:FLOAT")
 
     import numpy as np
     import tensorflow as tf
