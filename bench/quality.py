@@ -73,6 +73,8 @@ CANDIDATES = {
     "drop5": ("default", "augment { mixup_alpha: 0.4 } model { dropout: 0.5 }"),
     "mix10": ("default", "augment { mixup_alpha: 1.0 }"),
     "tmask": ("default", "augment { mixup_alpha: 0.4 time_masks: 2 time_mask_max_frames: 40 }"),
+    "ema99": ("default", "augment { mixup_alpha: 0.4 } optimizer { ema_momentum: 0.99 }"),
+    "ema995": ("default", "augment { mixup_alpha: 0.4 } optimizer { ema_momentum: 0.995 }"),
 }
 
 

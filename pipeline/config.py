@@ -131,6 +131,8 @@ def validate_trainer(cfg: TrainerConfig) -> None:
         problems.append(f"optimizer.name {cfg.optimizer.name!r} is not adam, adamw, sgd or rmsprop")
     if cfg.optimizer.learning_rate <= 0:
         problems.append("optimizer.learning_rate must be > 0")
+    if not 0 <= cfg.optimizer.ema_momentum < 1:
+        problems.append("optimizer.ema_momentum must be in [0, 1)")
     if cfg.batch_size <= 0 or cfg.epochs <= 0:
         problems.append("batch_size and epochs must be > 0")
     if cfg.augment.mixup_alpha < 0:

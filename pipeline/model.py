@@ -62,20 +62,22 @@ def probabilities(logits: tf.Tensor, cfg: TrainerConfig) -> tf.Tensor:
 def optimizer(cfg: TrainerConfig, total_steps: int | None = None) -> keras.optimizers.Optimizer:
     """The configured optimizer; a COSINE schedule decays over `total_steps` (needed then)."""
     o = cfg.optimizer
-    clip = {"clipnorm": o.clipnorm} if o.clipnorm > 0 else {}
+    extra = {"clipnorm": o.clipnorm} if o.clipnorm > 0 else {}
+    if o.ema_momentum > 0:    # pipeline/averaging.py puts the averages where validation and export see them
+        extra.update(use_ema=True, ema_momentum=o.ema_momentum)
     lr = o.learning_rate
     if o.schedule == trainer_config_pb2.OptimizerConfig.COSINE:
         if not total_steps:
             raise ValueError("a COSINE learning-rate schedule needs the number of training steps")
         lr = keras.optimizers.schedules.CosineDecay(o.learning_rate, decay_steps=total_steps)
     if o.name == "adam":
-        return keras.optimizers.Adam(lr, beta_1=o.beta_1, beta_2=o.beta_2, amsgrad=o.amsgrad, **clip)
+        return keras.optimizers.Adam(lr, beta_1=o.beta_1, beta_2=o.beta_2, amsgrad=o.amsgrad, **extra)
     if o.name == "adamw":
         return keras.optimizers.AdamW(lr, weight_decay=o.weight_decay, beta_1=o.beta_1, beta_2=o.beta_2,
-                                      amsgrad=o.amsgrad, **clip)
+                                      amsgrad=o.amsgrad, **extra)
     if o.name == "rmsprop":
-        return keras.optimizers.RMSprop(lr, **clip)
-    return keras.optimizers.SGD(lr, momentum=0.9, **clip)
+        return keras.optimizers.RMSprop(lr, **extra)
+    return keras.optimizers.SGD(lr, momentum=0.9, **extra)
 
 
 def cudnn_compatible(model: keras.Model) -> list[str]:

@@ -38,6 +38,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from pipeline import averaging
+
 log = logging.getLogger(__name__)
 
 CONFIG = "config.json"
@@ -66,7 +68,8 @@ def _write_atomically(path: str, data: bytes) -> None:
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
     """EarlyStopping whose state (best value and epoch, patience counter, best weights) survives a
-    restart: TrainingBackup saves it with each save and hands it back before training resumes."""
+    restart: TrainingBackup saves it with each save and hands it back before training resumes.
+    With weight averaging on, the best weights it keeps are the averaged ones (pipeline/averaging.py)."""
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -86,6 +89,10 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
             self.wait, self.best, self.best_epoch = state["wait"], state["best"], state["best_epoch"]
             self.stopped_epoch = state["stopped_epoch"]
             self.best_weights = best_weights
+
+    def on_epoch_end(self, epoch, logs=None):
+        with averaging.averaged_weights(self.model):   # the weights val_lwlrap was measured on
+            super().on_epoch_end(epoch, logs)
 
 
 class TrainingBackup(keras.callbacks.Callback):

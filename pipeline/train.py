@@ -124,7 +124,7 @@ def _callbacks(job: TrainJob, chief: bool, replicas: int):
     WORK_DIR, and must for resuming: pipeline/resume.py)."""
     import keras
 
-    from pipeline import resume
+    from pipeline import averaging, resume
 
     cfg = job.cfg
     backup_dir = os.path.join(job.work_dir, "backup")
@@ -137,7 +137,8 @@ def _callbacks(job: TrainJob, chief: bool, replicas: int):
                                    save_freq=cfg.backup_every_steps or "epoch", early_stopping=early)
     if backup.check():
         log.info("resuming from the backup in %s", backup_dir)
-    cbs = ([early] if early else []) + [
+    cbs = ([averaging.AveragedValidation()] if cfg.optimizer.ema_momentum > 0 else []) + (
+        [early] if early else []) + [
         backup,
         keras.callbacks.TensorBoard(os.path.join(log_dir, "logs")),
         keras.callbacks.CSVLogger(os.path.join(log_dir, "history.csv"), append=True)]

@@ -139,6 +139,31 @@ def test_waveform_signature_matches_examples_signature(served, train_examples):
     np.testing.assert_allclose(again["scores"].numpy(), by_wave, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("patience", [0, 50])
+def test_weight_averaging_is_what_is_validated_kept_and_exported(train_examples, tmp_path, monkeypatch, patience):
+    """optimizer.ema_momentum: each epoch's val_lwlrap is the averaged weights' score, and the
+    exported model is the averaged one that validation chose: the last epoch's without early stopping
+    (patience 0), the best epoch's with it. Scored here through the SavedModel on the eval split."""
+    from pipeline.lwlrap import lwlrap
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    cfg = config.trainer_config("small", f"epochs: 4 early_stopping_patience: {patience} "
+                                         "optimizer { learning_rate: 0.02 ema_momentum: 0.8 }")
+    res = train.train(train.job_from_examples(str(train_examples.out), cfg, str(tmp_path / "work"),
+                                              str(tmp_path / "export")))
+    val = res["history"]["val_lwlrap"]
+    chosen = max(val) if patience else val[-1]
+    recs = train_examples.records["eval"]
+    served = tf.saved_model.load(res["export_path"]).signatures["serving_default"]
+    scores = served(examples=tf.constant([r.serialized for r in recs]))["scores"].numpy()
+    truth = np.zeros((len(recs), 80))
+    for i, r in enumerate(recs):
+        truth[i, r.labels] = 1
+    assert len(set(np.round(val, 4))) > 1, val                 # the epochs differ: the choice matters
+    assert lwlrap(truth, scores) == pytest.approx(chosen, abs=1e-4), val
+    assert res["eval_lwlrap"] == pytest.approx(chosen, abs=1e-4)
+
+
 @pytest.mark.slow
 def test_training_learns_what_can_be_learned(tmp_path):
     """Four well separated synthetic sounds, one per clip: a small model must rank the right label
@@ -167,8 +192,9 @@ def test_training_learns_what_can_be_learned(tmp_path):
 
 @pytest.mark.slow
 def test_two_cpu_replicas(train_examples, tmp_path):
+    """Two replicas, with weight averaging on (its swaps of mirrored variables included)."""
     work = tmp_path / "work"
-    overrides = "epochs: 3 model { lstm_units: 8 } optimizer { learning_rate: 0.01 }"
+    overrides = "epochs: 3 model { lstm_units: 8 } optimizer { learning_rate: 0.01 ema_momentum: 0.8 }"
     proc = run_main(["--examples", str(train_examples.out), "--work_dir", str(work), "--cpu_replicas", "2",
                      "--preset", "small", "--set", overrides], tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -181,6 +207,8 @@ def test_two_cpu_replicas(train_examples, tmp_path):
     assert len(loss) == res["epochs_run"] == 3
     assert loss[-1] < loss[0]
     assert "3/3" in proc.stdout                               # ceil(47 / 16) steps per epoch
+    # no early stopping in the small preset: the kept model is the last epoch's averaged one
+    assert res["eval_lwlrap"] == pytest.approx(res["history"]["val_lwlrap"][-1], abs=1e-4)
 
 
 # ------------------------------------------------------------------------------ MultiWorkerMirroredStrategy
