@@ -5,7 +5,8 @@ and the TFX Trainer's run_fn.
           -> batch -> parse_example on whole batches -> multi-hot labels -> (augment) -> prefetch
 
 Parsing whole batches costs one parse_example call per batch instead of one per example.
-Training may read in non-deterministic order (faster); evaluation keeps the files' order.
+Training may read in non-deterministic order (faster; `deterministic` fixes it); evaluation keeps
+the files' order.
 Frequency warping (VTLP), SpecAugment masks and mixup (AugmentConfig; the default recipe uses
 mixup only) apply to training batches only, in that order.
 """
@@ -90,14 +91,16 @@ def mixup(mel: tf.Tensor, labels: tf.Tensor, alpha: float, seed: tf.Tensor):
 def make_dataset(files: list[str], mel_shape: tuple[int, int], num_classes: int, batch_size: int, *,
                  training: bool, augment: AugmentConfig | None = None, shuffle_buffer: int = 2048,
                  seed: int = 1234, num_examples: int | None = None,
-                 feature_cfg: FeatureConfig | None = None) -> tf.data.Dataset:
+                 feature_cfg: FeatureConfig | None = None, deterministic: bool = False) -> tf.data.Dataset:
     """(mel [batch, frames, mels], multi-hot labels [batch, classes]) batches from TFRecord files.
 
     `num_examples` (from the manifest) declares the number of batches, so Keras shows progress
     from the first epoch and knows where an epoch ends. `feature_cfg` (the examples' manifest's)
-    gives the mel bands' frequencies, which augment.freq_warp needs."""
+    gives the mel bands' frequencies, which augment.freq_warp needs. `deterministic`: training
+    batches in the same order on every run with the same seed (evaluation's always are)."""
     if not files:
         raise ValueError("make_dataset needs at least one TFRecord file")
+    ordered = deterministic or not training
     # GZIP or plain shards, by name (the Beam job's --compression)
     ds = tf.data.Dataset.from_tensor_slices((list(files), [tfrecord.compression_type(f) for f in files]))
     if training:
@@ -105,21 +108,22 @@ def make_dataset(files: list[str], mel_shape: tuple[int, int], num_classes: int,
     # training reads up to 8 files at once; evaluation reads them one after another (the files' order)
     ds = ds.interleave(lambda f, compression: tf.data.TFRecordDataset(f, compression_type=compression),
                        cycle_length=min(len(files), 8) if training else 1, num_parallel_calls=tf.data.AUTOTUNE,
-                       deterministic=not training)
+                       deterministic=ordered)
     if training:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=False)
     if num_examples is not None:
         ds = ds.apply(tf.data.experimental.assert_cardinality(-(-num_examples // batch_size)))
     ds = ds.map(lambda s: _parse_batch(s, mel_shape, num_classes), num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=not training)
+                deterministic=ordered)
     if training and augment is not None and (augment.time_masks or augment.freq_masks or augment.mixup_alpha
                                              or augment.freq_warp):
-        ds = _augmented(ds, augment, seed, feature_cfg)
+        ds = _augmented(ds, augment, seed, feature_cfg, ordered)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def _augmented(ds: tf.data.Dataset, cfg: AugmentConfig, seed: int, feature_cfg: FeatureConfig | None):
+def _augmented(ds: tf.data.Dataset, cfg: AugmentConfig, seed: int, feature_cfg: FeatureConfig | None,
+               ordered: bool):
     warps = None
     if cfg.freq_warp:
         if feature_cfg is None:
@@ -140,4 +144,4 @@ def _augmented(ds: tf.data.Dataset, cfg: AugmentConfig, seed: int, feature_cfg: 
         return mel, labels
 
     # a counter gives each batch its own stateless seed: reproducible, no shared RNG state
-    return ds.enumerate().map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    return ds.enumerate().map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered)

@@ -200,7 +200,7 @@ def train(job: TrainJob) -> dict:
     make = lambda files, training, n: dataset.make_dataset(  # noqa: E731
         files, job.mel_shape, num_classes, global_batch, training=training, augment=cfg.augment,
         shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed, num_examples=None if multi_worker else n,
-        feature_cfg=job.feature_cfg)
+        feature_cfg=job.feature_cfg, deterministic=cfg.deterministic_input)
     train_ds = make(job.train_files, True, job.train_examples)
     eval_ds = make(job.eval_files, False, job.eval_examples)
     if multi_worker:

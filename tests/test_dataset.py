@@ -125,6 +125,25 @@ def test_training_shuffles_but_covers_each_example_once(train_examples):
     assert orders[0] != orders[2]                                       # seed 1 vs seed 2
 
 
+def test_deterministic_training_input_repeats_its_batches(train_examples):
+    """deterministic=True: two datasets built with the same seed hand out the same augmented
+    (mixed-up) batches in the same order, epoch after epoch, and still shuffle."""
+    files, n = files_of(train_examples, "train")
+    aug = config.trainer_config("default").augment
+    assert aug.mixup_alpha > 0
+    runs = []
+    for _ in range(2):
+        ds = dataset.make_dataset(files, SHAPE, C, 8, training=True, augment=aug, seed=3, shuffle_buffer=64,
+                                  num_examples=n, deterministic=True)
+        runs.append([(m.numpy(), y.numpy()) for _ in range(2) for m, y in ds])
+    assert len(runs[0]) == len(runs[1]) == 2 * -(-n // 8)
+    for (m0, y0), (m1, y1) in zip(*runs):
+        np.testing.assert_array_equal(m0, m1)
+        np.testing.assert_array_equal(y0, y1)
+    half = len(runs[0]) // 2
+    assert any(not np.array_equal(a[0], b[0]) for a, b in zip(runs[0][:half], runs[0][half:]))  # reshuffled
+
+
 def test_num_examples_declares_cardinality(train_examples):
     files, n = files_of(train_examples, "train")
     assert n == 47
