@@ -223,9 +223,8 @@ def one_run(recipe: str, spec: tuple[str, str] | None, seed: int, fold: str, arg
     if not args.fresh and os.path.exists(path):
         with open(path) as f:
             cached = json.load(f)
-        if spec is not None and (cached.get("preset"), cached.get("overrides")) != spec:
-            sys.exit(f"{path} was trained as {recipe}={cached.get('preset')}:{cached.get('overrides')}, not "
-                     f"{recipe}={spec[0]}:{spec[1]}; give the candidate another name, or --fresh")
+        # the resolved TrainerConfig decides, not the spelling: a candidate whose overrides were
+        # rewritten (or whose preset's defaults moved into them) but train the same stays cached
         changed = spec is not None and config_changes(out, *spec, args.epochs, seed)
         if changed:
             sys.exit(f"{path}: {recipe} now resolves to another TrainerConfig than the cached run was trained "
