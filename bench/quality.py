@@ -75,7 +75,7 @@ CANDIDATES = {
     "tmask": ("default", "augment { mixup_alpha: 0.4 time_masks: 2 time_mask_max_frames: 40 }"),
     "ema99": ("default", "augment { mixup_alpha: 0.4 } optimizer { ema_momentum: 0.99 }"),
     "ema995": ("default", "augment { mixup_alpha: 0.4 } optimizer { ema_momentum: 0.995 }"),
-    "crnn8": ("default", "augment { mixup_alpha: 0.4 } model { conv_channels: [8, 8] }"),
+    "crnn8": ("default", "augment { mixup_alpha: 0.4 } model { conv_blocks: 2 conv_channels: 8 }"),
 }
 
 

@@ -125,8 +125,8 @@ def validate_trainer(cfg: TrainerConfig) -> None:
     problems = []
     if cfg.model.lstm_units <= 0 or cfg.model.dense_units <= 0:
         problems.append("model.lstm_units and model.dense_units must be > 0")
-    if any(c <= 0 for c in cfg.model.conv_channels):
-        problems.append("model.conv_channels must all be > 0")
+    if cfg.model.conv_blocks < 0 or cfg.model.conv_channels <= 0:
+        problems.append("model.conv_blocks must be >= 0 and model.conv_channels > 0")
     if not 0 <= cfg.model.dropout < 1:
         problems.append("model.dropout must be in [0, 1)")
     if cfg.optimizer.name not in ("adam", "adamw", "sgd", "rmsprop"):
@@ -157,9 +157,7 @@ def _with_defaults_set(msg):
     """A copy of a proto2 message with every default written out explicitly, recursively."""
     out = type(msg)()
     for field in msg.DESCRIPTOR.fields:
-        if field.is_repeated:     # no default to write; an empty one is left out of the JSON
-            getattr(out, field.name).extend(getattr(msg, field.name))
-        elif field.message_type is not None:
+        if field.message_type is not None:
             getattr(out, field.name).CopyFrom(_with_defaults_set(getattr(msg, field.name)))
         else:
             setattr(out, field.name, getattr(msg, field.name))

@@ -31,7 +31,7 @@ def build_model(mel_shape: tuple[int, int], num_classes: int, cfg: TrainerConfig
     m = cfg.model
     inputs = keras.Input(shape=(frames, n_mels), name="mel")
     x = BandMeanNorm(name="band_mean_norm")(inputs) if m.band_mean_norm else inputs
-    x, frames = conv_stem(x, list(m.conv_channels))
+    x, frames = conv_stem(x, m.conv_blocks, m.conv_channels)
     x = keras.layers.Bidirectional(keras.layers.LSTM(m.lstm_units, return_sequences=True), name="bilstm")(x)
     x = Attention(step_dim=frames if m.attention_step_bias else None, name="attention")(x)
     x = keras.layers.Dropout(m.dropout, name="dropout_1")(x)
@@ -42,14 +42,14 @@ def build_model(mel_shape: tuple[int, int], num_classes: int, cfg: TrainerConfig
     return keras.Model(inputs, logits, name="bilstm_attention")
 
 
-def conv_stem(x, channels: list[int]):
-    """ModelConfig.conv_channels' blocks on [batch, frames, mels]: ([batch, frames', mels' x
+def conv_stem(x, blocks: int, channels: int):
+    """ModelConfig's conv_blocks blocks on [batch, frames, mels]: ([batch, frames', mels' x
     channels], frames'), each block halving frames and mels (floor)."""
-    if not channels:
+    if not blocks:
         return x, x.shape[1]
     x = keras.layers.Reshape((x.shape[1], x.shape[2], 1), name="conv_in")(x)
-    for i, c in enumerate(channels):
-        x = keras.layers.Conv2D(c, 3, padding="same", use_bias=False, name=f"conv_{i}")(x)
+    for i in range(blocks):
+        x = keras.layers.Conv2D(channels, 3, padding="same", use_bias=False, name=f"conv_{i}")(x)
         x = keras.layers.BatchNormalization(name=f"conv_{i}_bn")(x)
         x = keras.layers.ReLU(name=f"conv_{i}_relu")(x)
         x = keras.layers.MaxPooling2D(2, name=f"conv_{i}_pool")(x)

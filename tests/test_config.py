@@ -123,14 +123,6 @@ def test_to_dict_has_defaults_and_derived_values():
     assert fields | {"derived"} == set(d)
 
 
-def test_to_dict_of_a_trainer_config_with_a_repeated_field():
-    """Repeated fields (model.conv_channels) are copied as they are, with the defaults around them."""
-    d = config.to_dict(config.trainer_config("default", "model { conv_channels: [8, 16] }"))
-    assert d["model"]["conv_channels"] == [8, 16] and d["model"]["lstm_units"] == 64
-    assert d["optimizer"]["ema_momentum"] == 0.0 and d["deterministic_input"] is False
-    assert "conv_channels" not in config.to_dict(config.trainer_config("default"))["model"]
-
-
 def test_to_dict_small_preset_derived():
     d = config.to_dict(config.feature_config("small"))
     assert d["sample_rate"] == 16000 and d["n_mels"] == 40

@@ -157,13 +157,13 @@ def test_band_mean_norm_cancels_a_gain_per_band(tmp_path):
 
 
 def test_conv_stem_halves_frames_and_mels_per_block_and_survives_a_round_trip(tmp_path):
-    """model { conv_channels: [4, 8] }: two Conv-BN-ReLU-pool blocks, so the BiLSTM steps through
-    101 // 4 = 25 frames of 40 // 4 = 10 bands x 8 channels; attention's step bias follows; the
+    """model { conv_blocks: 2 conv_channels: 8 }: two Conv-BN-ReLU-pool blocks, so the BiLSTM steps
+    through 101 // 4 = 25 frames of 40 // 4 = 10 bands x 8 channels; attention's step bias follows; the
     LSTM keeps cuDNN's arguments; a .keras round trip (BatchNorm statistics included) reloads it."""
-    cfg = config.trainer_config("small", "model { conv_channels: [4, 8] }")
+    cfg = config.trainer_config("small", "model { conv_blocks: 2 conv_channels: 8 }")
     m = model_lib.build_model((101, 40), 80, cfg)
     s = shapes(m)
-    assert s["conv_0_pool"] == (None, 50, 20, 4) and s["conv_1_pool"] == (None, 25, 10, 8)
+    assert s["conv_0_pool"] == (None, 50, 20, 8) and s["conv_1_pool"] == (None, 25, 10, 8)
     assert s["conv_out"] == (None, 25, 80) and s["bilstm"] == (None, 25, 16)
     assert m.get_layer("attention").step_dim == 25
     assert model_lib.cudnn_compatible(m) == []
@@ -174,8 +174,9 @@ def test_conv_stem_halves_frames_and_mels_per_block_and_survives_a_round_trip(tm
     m.save(path)
     np.testing.assert_allclose(keras.models.load_model(path)(x).numpy(), m(x).numpy(), atol=1e-5)
     assert "conv_0" not in shapes(model_lib.build_model((101, 40), 80, config.trainer_config("small")))
-    with pytest.raises(ValueError, match="conv_channels"):
-        config.trainer_config("small", "model { conv_channels: [4, 0] }")
+    for bad in ("conv_blocks: -1", "conv_blocks: 1 conv_channels: 0"):
+        with pytest.raises(ValueError, match="conv_blocks"):
+            config.trainer_config("small", f"model {{ {bad} }}")
 
 
 def lstm_params(units, inputs):
