@@ -60,21 +60,22 @@ sys.path.insert(0, REPO)
 # name -> (trainer preset, TrainerConfig overrides). Section-2 candidates of issue 10, each measured
 # under the same protocol (bench/README.md says which won). Overrides spell out what a candidate was
 # trained with, so that a later change of a default does not change what its name means.
+LSTM = "model { conv_blocks: 0 }"   # the BiLSTM on the mel frames: every default before the conv stem
 CANDIDATES = {
     "default": ("default", ""),
     "seed": ("seed", ""),
-    "nomix": ("default", "augment { mixup_alpha: 0 }"),          # the default until mixup (2026-11-29)
-    "mixup": ("default", "augment { mixup_alpha: 0.4 }"),        # won: the default since 2026-11-29
-    "freqmask": ("default", "augment { mixup_alpha: 0 freq_masks: 2 freq_mask_max_bins: 16 }"),
-    "warp10": ("default", "augment { mixup_alpha: 0 freq_warp: 0.1 }"),
-    "mixwarp": ("default", "augment { mixup_alpha: 0.4 freq_warp: 0.1 }"),
-    "cmn": ("default", "augment { mixup_alpha: 0.4 } model { band_mean_norm: true }"),
-    "cosmix": ("default", "augment { mixup_alpha: 0.4 } optimizer { schedule: COSINE }"),
-    "drop5": ("default", "augment { mixup_alpha: 0.4 } model { dropout: 0.5 }"),
-    "mix10": ("default", "augment { mixup_alpha: 1.0 }"),
-    "tmask": ("default", "augment { mixup_alpha: 0.4 time_masks: 2 time_mask_max_frames: 40 }"),
-    "ema99": ("default", "augment { mixup_alpha: 0.4 } optimizer { ema_momentum: 0.99 }"),
-    "ema995": ("default", "augment { mixup_alpha: 0.4 } optimizer { ema_momentum: 0.995 }"),
+    "nomix": ("default", f"augment {{ mixup_alpha: 0 }} {LSTM}"),        # the default until mixup (2026-11-29)
+    "mixup": ("default", f"augment {{ mixup_alpha: 0.4 }} {LSTM}"),      # the default 2026-11-29 until crnn8
+    "freqmask": ("default", f"augment {{ mixup_alpha: 0 freq_masks: 2 freq_mask_max_bins: 16 }} {LSTM}"),
+    "warp10": ("default", f"augment {{ mixup_alpha: 0 freq_warp: 0.1 }} {LSTM}"),
+    "mixwarp": ("default", f"augment {{ mixup_alpha: 0.4 freq_warp: 0.1 }} {LSTM}"),
+    "cmn": ("default", f"augment {{ mixup_alpha: 0.4 }} model {{ band_mean_norm: true }} {LSTM}"),
+    "cosmix": ("default", f"augment {{ mixup_alpha: 0.4 }} optimizer {{ schedule: COSINE }} {LSTM}"),
+    "drop5": ("default", f"augment {{ mixup_alpha: 0.4 }} model {{ dropout: 0.5 }} {LSTM}"),
+    "mix10": ("default", f"augment {{ mixup_alpha: 1.0 }} {LSTM}"),
+    "tmask": ("default", f"augment {{ mixup_alpha: 0.4 time_masks: 2 time_mask_max_frames: 40 }} {LSTM}"),
+    "ema99": ("default", f"augment {{ mixup_alpha: 0.4 }} optimizer {{ ema_momentum: 0.99 }} {LSTM}"),
+    # won: the default since 2026-11-29 (evening)
     "crnn8": ("default", "augment { mixup_alpha: 0.4 } model { conv_blocks: 2 conv_channels: 8 }"),
 }
 
@@ -197,10 +198,15 @@ def mlp_baseline(examples: str, test_mels: np.ndarray, truth: np.ndarray, epochs
             "epochs_run": len(hist.history["loss"]), "eval_lwlrap": float(max(hist.history["val_lwlrap"]))}
 
 
+# Fields whose default is not what runs trained before the field existed did: the value that is.
+PREDATED = {"model.conv_blocks": 0}
+
+
 def config_changes(out: str, preset: str, overrides: str, epochs: int, seed: int) -> list[str]:
     """The TrainerConfig fields (dotted) in which the run cached in `out` (its results.json) differs
     from what preset + overrides resolve to now. A field the cached run predates counts as
-    unchanged while it is at its default."""
+    unchanged while it has the value that does what runs before it did: its entry in PREDATED,
+    else its default."""
     from pipeline import config
 
     def flat(d, prefix=""):
@@ -210,7 +216,7 @@ def config_changes(out: str, preset: str, overrides: str, epochs: int, seed: int
     with open(os.path.join(out, "results.json")) as f:
         then = flat(json.load(f)["trainer_config"])
     now = flat(config.to_dict(config.trainer_config(preset, f"epochs: {epochs} seed: {seed} {overrides}")))
-    default = flat(config.to_dict(config.TrainerConfig()))
+    default = {**flat(config.to_dict(config.TrainerConfig())), **PREDATED}
     return [f"{k}: {then.get(k, '(absent)')} -> {v}" for k, v in sorted(now.items())
             if then.get(k, default.get(k)) != v]
 

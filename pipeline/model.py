@@ -1,4 +1,6 @@
-"""The Keras Functional model: BiLSTM -> attention over time -> Dense + ELU -> label logits.
+"""The Keras Functional model: (conv stem ->) BiLSTM -> attention over time -> Dense + ELU -> label
+logits. The default puts two Conv-BatchNorm-ReLU-pool blocks before the LSTM (ModelConfig.conv_blocks;
+measured in bench/README.md); the seed preset's LSTM reads the mel frames directly.
 
 The LSTM is `keras.layers.LSTM` with the arguments under which Keras runs it on cuDNN on a GPU
 (tanh, sigmoid, no recurrent dropout, unroll False, use_bias True; masks must be right-padded);
@@ -50,7 +52,9 @@ def conv_stem(x, blocks: int, channels: int):
     x = keras.layers.Reshape((x.shape[1], x.shape[2], 1), name="conv_in")(x)
     for i in range(blocks):
         x = keras.layers.Conv2D(channels, 3, padding="same", use_bias=False, name=f"conv_{i}")(x)
-        x = keras.layers.BatchNormalization(name=f"conv_{i}_bn")(x)
+        # statistics over the global batch, all-reduced across replicas and workers: without it each
+        # worker keeps its own moving statistics and the workers' models drift apart
+        x = keras.layers.BatchNormalization(synchronized=True, name=f"conv_{i}_bn")(x)
         x = keras.layers.ReLU(name=f"conv_{i}_relu")(x)
         x = keras.layers.MaxPooling2D(2, name=f"conv_{i}_pool")(x)
     frames, mels, c = x.shape[1], x.shape[2], x.shape[3]

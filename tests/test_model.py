@@ -112,7 +112,8 @@ def test_attention_config_roundtrip():
 
 
 def test_saved_keras_model_reloads_identically(tmp_path):
-    """The real model (BiLSTM + Attention) through a .keras file, loaded without custom_objects."""
+    """The real model (conv stem + BiLSTM + Attention) through a .keras file, loaded without
+    custom_objects."""
     cfg = config.trainer_config("small")
     m = model_lib.build_model((20, 6), 5, cfg)
     x = RNG.normal(size=(3, 20, 6)).astype(np.float32)
@@ -120,7 +121,7 @@ def test_saved_keras_model_reloads_identically(tmp_path):
     m.save(path)
     loaded = keras.models.load_model(path)
     assert isinstance(loaded.get_layer("attention"), Attention)
-    assert loaded.get_layer("attention").step_dim == 20
+    assert loaded.get_layer("attention").step_dim == 5        # 20 frames through two 2x2 pools
     np.testing.assert_allclose(loaded.predict(x, verbose=0), m.predict(x, verbose=0), rtol=0, atol=1e-6)
 
 
@@ -131,12 +132,18 @@ def shapes(m):
 
 
 def test_small_model_layers():
+    """The small preset keeps the default's structure: two conv blocks of 8 channels, then the
+    BiLSTM (8 units per direction) over 101 // 4 = 25 frames of 40 // 4 = 10 bands x 8."""
     cfg = config.trainer_config("small")
     m = model_lib.build_model((101, 40), 80, cfg)
-    assert shapes(m) == {"mel": (None, 101, 40), "bilstm": (None, 101, 16), "attention": (None, 16),
-                         "dropout_1": (None, 16), "dense": (None, 16), "elu": (None, 16), "dropout_2": (None, 16),
-                         "logits": (None, 80)}
-    assert m.get_layer("attention").step_dim == 101
+    conv = {"conv_in": (None, 101, 40, 1)}
+    for i, (frames, bands) in enumerate([(101, 40), (50, 20)]):
+        conv.update({f"conv_{i}": (None, frames, bands, 8), f"conv_{i}_bn": (None, frames, bands, 8),
+                     f"conv_{i}_relu": (None, frames, bands, 8), f"conv_{i}_pool": (None, frames // 2, bands // 2, 8)})
+    assert shapes(m) == {"mel": (None, 101, 40), **conv, "conv_out": (None, 25, 80), "bilstm": (None, 25, 16),
+                         "attention": (None, 16), "dropout_1": (None, 16), "dense": (None, 16), "elu": (None, 16),
+                         "dropout_2": (None, 16), "logits": (None, 80)}
+    assert m.get_layer("attention").step_dim == 25
     assert m(np.zeros((2, 101, 40), np.float32)).shape == (2, 80)
 
 
@@ -173,7 +180,8 @@ def test_conv_stem_halves_frames_and_mels_per_block_and_survives_a_round_trip(tm
     path = str(tmp_path / "m.keras")
     m.save(path)
     np.testing.assert_allclose(keras.models.load_model(path)(x).numpy(), m(x).numpy(), atol=1e-5)
-    assert "conv_0" not in shapes(model_lib.build_model((101, 40), 80, config.trainer_config("small")))
+    off = model_lib.build_model((101, 40), 80, config.trainer_config("small", "model { conv_blocks: 0 }"))
+    assert "conv_0" not in shapes(off) and shapes(off)["bilstm"] == (None, 101, 16)
     for bad in ("conv_blocks: -1", "conv_blocks: 1 conv_channels: 0"):
         with pytest.raises(ValueError, match="conv_blocks"):
             config.trainer_config("small", f"model {{ {bad} }}")
