@@ -1,10 +1,11 @@
 """Training benchmarks on this CPU, in one process:
 
-    .ci/inenv python bench/bench_train.py [--examples DIR] [--steps 30]
+    .ci/inenv python bench/bench_train.py [--examples DIR] [--steps 30] [--preset default --batch_size 16]
 
-1. Step time of the seed-preset model fed by the tf.data input pipeline from the Beam job's
+1. Step time of the preset's model (seed by default) fed by the tf.data input pipeline from the Beam job's
    TFRecords vs fed from the same batches held in memory (target: ratio <= 1.05, i.e. the input
-   pipeline is never the bottleneck). Runs alternate A/B/A/B so drift hits both.
+   pipeline is never the bottleneck), and fed by the pipeline in its fixed-order mode
+   (`deterministic_input`). Runs alternate A/B/C/A/B/C so drift hits all three.
 2. Seed-preset training and prediction throughput (clips/s).
 
 --examples is a Beam job output with the seed feature preset; without it the script builds one
@@ -61,6 +62,7 @@ def main() -> None:
     ap.add_argument("--work_dir", default="/tmp/fatp-bench")
     ap.add_argument("--n", type=int, default=320)
     ap.add_argument("--batch_size", type=int, default=32)
+    ap.add_argument("--preset", default="seed", help="trainer preset of the timed model")
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
@@ -70,12 +72,15 @@ def main() -> None:
     from pipeline import config as config_lib, dataset, model as model_lib, train
 
     examples = args.examples or build_examples(args.work_dir, args.n)
-    cfg = config_lib.trainer_config("seed", f"batch_size: {args.batch_size}")
+    cfg = config_lib.trainer_config(args.preset, f"batch_size: {args.batch_size}")
     job = train.job_from_examples(examples, cfg, os.path.join(args.work_dir, "train-bench"), None)
     num_classes = len(job.labels)
     files = job.train_files + job.eval_files  # all clips: more batches to time
-    ds = dataset.make_dataset(files, job.mel_shape, num_classes, args.batch_size, training=True,
-                              shuffle_buffer=256).repeat()
+    make = lambda deterministic: dataset.make_dataset(  # noqa: E731
+        files, job.mel_shape, num_classes, args.batch_size, training=True, shuffle_buffer=256,
+        deterministic=deterministic).repeat()
+    ds = make(False)
+    feeds = {"tfrecord": ds, "tfrecord_deterministic": make(True)}
     batches = [b for b in ds.take(args.steps)]
     mem_x = np.concatenate([b[0].numpy() for b in batches])
     mem_y = np.concatenate([b[1].numpy() for b in batches])
@@ -83,13 +88,13 @@ def main() -> None:
     model.compile(optimizer=model_lib.optimizer(cfg), loss=model_lib.loss_fn(cfg))
     model.fit(mem_x[: args.batch_size * 2], mem_y[: args.batch_size * 2], batch_size=args.batch_size, verbose=0)
 
-    results = {"batch_size": args.batch_size, "steps": args.steps, "mel_shape": list(job.mel_shape),
-               "tfrecord_step_s": [], "memory_step_s": []}
+    results = {"preset": args.preset, "batch_size": args.batch_size, "steps": args.steps, "mel_shape": list(job.mel_shape),
+               "tfrecord_step_s": [], "memory_step_s": [], "tfrecord_deterministic_step_s": []}
     for _ in range(args.rounds):
-        for kind in ("tfrecord", "memory"):
+        for kind in ("tfrecord", "memory", "tfrecord_deterministic"):
             timer = StepTimer()
-            if kind == "tfrecord":
-                model.fit(ds, steps_per_epoch=args.steps, epochs=1, verbose=0, callbacks=[timer.callback])
+            if kind in feeds:
+                model.fit(feeds[kind], steps_per_epoch=args.steps, epochs=1, verbose=0, callbacks=[timer.callback])
             else:
                 mem = tf.data.Dataset.from_tensor_slices((mem_x, mem_y)).batch(args.batch_size).prefetch(2)
                 model.fit(mem, epochs=1, verbose=0, callbacks=[timer.callback])
@@ -97,6 +102,7 @@ def main() -> None:
             print(kind, results[f"{kind}_step_s"][-1], flush=True)
     tr, mem = np.median(results["tfrecord_step_s"]), np.median(results["memory_step_s"])
     results["step_ratio_tfrecord_vs_memory"] = float(tr / mem)
+    results["step_ratio_deterministic_vs_tfrecord"] = float(np.median(results["tfrecord_deterministic_step_s"]) / tr)
     results["train_clips_per_s"] = float(args.batch_size / tr)
     t0 = time.perf_counter()
     model.predict(mem_x, batch_size=64, verbose=0)
