@@ -34,12 +34,12 @@ def default_beam_pipeline_args(workers: int | None = None) -> list[str]:
 
     The runner is named explicitly (pipeline.job.LOCAL_RUNNER): Beam 2.77's DirectRunner first tries
     to download and start its Prism runner; FnApiRunner is the Python runner that DirectRunner falls
-    back to, honouring direct_num_workers / direct_running_mode. One worker process per usable core
-    (pipeline.job.usable_cores: the CPUs this process may run on)."""
+    back to, honouring direct_num_workers / direct_running_mode. One worker per usable core
+    (pipeline.job.usable_cores: the CPUs this process may run on), as the feature job: threads of
+    one process up to job.MAX_THREAD_WORKERS workers, processes beyond (bench/bench_tfx_beam.py)."""
     from pipeline import job
 
-    workers = workers or job.usable_cores()
-    return [f"--runner={job.LOCAL_RUNNER}", f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"]
+    return [f"--runner={job.LOCAL_RUNNER}", *job.local_parallelism([], workers or job.usable_cores())]
 
 
 def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_dir: str, serving_root: str,

@@ -370,7 +370,17 @@ def test_core_count_follows_cpu_affinity(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
     assert job.usable_cores() == 1
     assert "--direct_num_workers=1" in job._runner_flags([])
-    assert "--direct_num_workers=1" in tfx_pipeline.default_beam_pipeline_args()
+    assert tfx_pipeline.default_beam_pipeline_args() == [
+        "--runner=FnApiRunner", "--direct_num_workers=1", "--direct_running_mode=multi_threading"]
+
+
+def test_tfx_beam_components_run_like_the_feature_job():
+    """The TFX pipeline's Beam components get the job's local parallelism: threads up to
+    MAX_THREAD_WORKERS workers, processes beyond."""
+    from pipeline import tfx_pipeline
+    for cores, mode in ((2, "multi_threading"), (job.MAX_THREAD_WORKERS + 1, "multi_processing")):
+        assert tfx_pipeline.default_beam_pipeline_args(cores) == [
+            "--runner=FnApiRunner", f"--direct_num_workers={cores}", f"--direct_running_mode={mode}"]
 
 
 def test_cli_without_data_dir_is_an_error(tmp_path):
