@@ -36,8 +36,9 @@ PRESETS = {
 
 TRAINER_PRESETS = {
     "default": "",
-    # The Kaggle kernel: BiLSTM 256 on the mel frames (no conv stem), softmax, Adam(0.005, beta_1=0.1, beta_2=0.001, amsgrad),
-    # batch 1024, up to 500 epochs, early stopping after 10 epochs without improvement, no mixup.
+    # The Kaggle kernel: BiLSTM 256 on the mel frames (no conv stem), softmax, Adam(0.005,
+    # beta_1=0.1, beta_2=0.001, amsgrad), batch 1024, up to 500 epochs, early stopping after 10
+    # epochs without improvement, no mixup.
     "seed": """
         model { lstm_units: 256 dense_units: 400 dropout: 0.2 head: SOFTMAX conv_blocks: 0 }
         optimizer { name: "adam" learning_rate: 0.005 beta_1: 0.1 beta_2: 0.001 amsgrad: true clipnorm: 0 }
