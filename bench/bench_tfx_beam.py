@@ -64,9 +64,10 @@ def main() -> None:
     data_dir = args.data_dir or os.path.join(args.work_dir, "demo_data")
     if not args.data_dir and not os.path.exists(os.path.join(data_dir, "train_curated.csv")):
         subprocess.run([sys.executable, "-m", "pipeline.demo_data", "--out", data_dir], check=True, cwd=REPO)
-    runs = {name: [] for name in modes()}
+    variants = modes()
+    runs = {name: [] for name in variants}
     for r in range(args.rounds):
-        for name, beam_args in modes().items():
+        for name, beam_args in variants.items():
             out = one_run(data_dir, os.path.join(args.work_dir, name), args.epochs, beam_args)
             runs[name].append(out)
             beam = {c: round(out["component_s"].get(c, float("nan")), 1) for c in BEAM_COMPONENTS}
@@ -78,7 +79,7 @@ def main() -> None:
     print("threads / processes:", {k: round(v, 2) for k, v in ratios.items()})
     os.makedirs(os.path.join(HERE, "out"), exist_ok=True)
     with open(os.path.join(HERE, "out", "tfx_beam.json"), "w") as f:
-        json.dump({"modes": modes(), "runs": runs, "median_s": med, "threads_over_processes": ratios}, f, indent=1)
+        json.dump({"modes": variants, "runs": runs, "median_s": med, "threads_over_processes": ratios}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
    TFRecords vs fed from the same batches held in memory (target: ratio <= 1.05, i.e. the input
    pipeline is never the bottleneck), and fed by the pipeline in its fixed-order mode
    (`deterministic_input`). Runs alternate A/B/C/A/B/C so drift hits all three.
-2. Seed-preset training and prediction throughput (clips/s).
+2. The preset's training and prediction throughput (clips/s).
 
 --examples is a Beam job output with the seed feature preset; without it the script builds one
 from FSDD-FAT clips (../shared). Results: stdout and bench/out/train.json.

@@ -101,20 +101,26 @@ def served(trained):
     return tf.saved_model.load(trained[2]["export_path"])
 
 
-def test_serving_default_scores(served, trained, train_examples):
-    """[n, 80] scores in [0, 1] for the Beam job's serialized examples; their lwlrap over the eval
-    split is the eval_lwlrap train() reported (sigmoid keeps the logits' ranking)."""
+def eval_split_scores(saved_model, train_examples):
+    """serving_default's scores for the eval split's serialized examples, and their lwlrap."""
     from pipeline.lwlrap import lwlrap
 
     recs = train_examples.records["eval"]
-    scores = served.signatures["serving_default"](examples=tf.constant([r.serialized for r in recs]))["scores"]
+    scores = saved_model.signatures["serving_default"](examples=tf.constant([r.serialized for r in recs]))["scores"]
     scores = scores.numpy()
-    assert scores.shape == (len(recs), 80) and scores.dtype == np.float32
-    assert scores.min() >= 0.0 and scores.max() <= 1.0
     truth = np.zeros((len(recs), 80))
     for i, r in enumerate(recs):
         truth[i, r.labels] = 1
-    assert lwlrap(truth, scores) == pytest.approx(trained[2]["eval_lwlrap"], abs=1e-6)
+    return scores, lwlrap(truth, scores)
+
+
+def test_serving_default_scores(served, trained, train_examples):
+    """[n, 80] scores in [0, 1] for the Beam job's serialized examples; their lwlrap over the eval
+    split is the eval_lwlrap train() reported (sigmoid keeps the logits' ranking)."""
+    scores, score_lwlrap = eval_split_scores(served, train_examples)
+    assert scores.shape == (len(train_examples.records["eval"]), 80) and scores.dtype == np.float32
+    assert scores.min() >= 0.0 and scores.max() <= 1.0
+    assert score_lwlrap == pytest.approx(trained[2]["eval_lwlrap"], abs=1e-6)
 
 
 def test_waveform_signature_matches_examples_signature(served, train_examples):
@@ -144,8 +150,6 @@ def test_weight_averaging_is_what_is_validated_kept_and_exported(train_examples,
     """optimizer.ema_momentum: each epoch's val_lwlrap is the averaged weights' score, and the
     exported model is the averaged one that validation chose: the last epoch's without early stopping
     (patience 0), the best epoch's with it. Scored here through the SavedModel on the eval split."""
-    from pipeline.lwlrap import lwlrap
-
     monkeypatch.delenv("TF_CONFIG", raising=False)
     cfg = config.trainer_config("small", f"epochs: 4 early_stopping_patience: {patience} "
                                          "optimizer { learning_rate: 0.02 ema_momentum: 0.8 }")
@@ -153,14 +157,9 @@ def test_weight_averaging_is_what_is_validated_kept_and_exported(train_examples,
                                               str(tmp_path / "export")))
     val = res["history"]["val_lwlrap"]
     chosen = max(val) if patience else val[-1]
-    recs = train_examples.records["eval"]
-    served = tf.saved_model.load(res["export_path"]).signatures["serving_default"]
-    scores = served(examples=tf.constant([r.serialized for r in recs]))["scores"].numpy()
-    truth = np.zeros((len(recs), 80))
-    for i, r in enumerate(recs):
-        truth[i, r.labels] = 1
+    _, exported_lwlrap = eval_split_scores(tf.saved_model.load(res["export_path"]), train_examples)
     assert len(set(np.round(val, 4))) > 1, val                 # the epochs differ: the choice matters
-    assert lwlrap(truth, scores) == pytest.approx(chosen, abs=1e-4), val
+    assert exported_lwlrap == pytest.approx(chosen, abs=1e-4), val
     assert res["eval_lwlrap"] == pytest.approx(chosen, abs=1e-4)
 
 
