@@ -383,6 +383,30 @@ def test_tfx_beam_components_run_like_the_feature_job():
             "--runner=FnApiRunner", f"--direct_num_workers={cores}", f"--direct_running_mode={mode}"]
 
 
+def test_cli_runs_the_job_and_exits_with_its_status(data, tmp_path):
+    """The command as users run it, in its own process: it ends without Python's interpreter
+    teardown (job.exit_without_teardown), so check that its last log lines still arrive, that the
+    exit status is the job's, and that the outputs are complete: 0 and a complete manifest with the
+    demo's lenient error ratio, 1 and the reason with the default one (9 of 49 rows are broken)."""
+    def cli(out, *extra):
+        return subprocess.run([sys.executable, "beam_runner.py", "--runner=DirectRunner", "--data_dir",
+                               str(data.root), "--output_dir", str(out), "--preset", "small", *extra],
+                              cwd=REPO, capture_output=True, text=True, timeout=600)
+
+    ok = cli(tmp_path / "ok", *LENIENT)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stderr.rstrip().endswith(f"wrote {tmp_path / 'ok' / output.MANIFEST}")
+    assert "49 rows -> 40 examples" in ok.stderr
+    manifest = output.read_manifest(str(tmp_path / "ok"))
+    assert manifest["status"] == output.STATUS_COMPLETE and manifest["counts"]["written"] == 40
+    assert sum(len(r) for r in read_records(str(tmp_path / "ok"), manifest).values()) == 40
+
+    failed = cli(tmp_path / "failed")
+    assert failed.returncode == 1
+    assert failed.stderr.rstrip().splitlines()[-1].endswith(
+        "job failed: 9 of 49 rows failed (error ratio 0.184 > --max_error_ratio 0.05); see dead_letters.jsonl")
+
+
 def test_cli_without_data_dir_is_an_error(tmp_path):
     res = subprocess.run([sys.executable, "beam_runner.py", "--output_dir", str(tmp_path / "out")], cwd=REPO,
                          capture_output=True, text=True, timeout=300)
