@@ -3,10 +3,11 @@
 
     python beam_runner.py --runner=DirectRunner --data_dir DATA --output_dir OUT [--preset small]
 
-Reads the Kaggle FAT2019 layout, writes GZIP TFRecords of tf.Example (train/eval), labels.txt,
-dead_letters.jsonl and manifest.json. `--help` lists the job's flags; every other flag is passed
-to Beam's PipelineOptions. Exit status: 0 finished, 1 failed (see the log and manifest.json),
-2 refused to start (e.g. the output directory is not empty).
+Reads the Kaggle FAT2019 layout, writes TFRecords of tf.Example (train/eval; uncompressed unless
+--compression says otherwise), labels.txt, dead_letters.jsonl and manifest.json. `--help` lists
+the job's flags; every other flag is passed to Beam's PipelineOptions. Exit status: 0 finished,
+1 failed (see the log and manifest.json), 2 refused to start (e.g. the output directory is not
+empty).
 """
 import sys
 
