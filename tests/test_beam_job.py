@@ -601,16 +601,19 @@ def test_worker_log_lines_are_shown_as_their_message():
     assert keep.filter(err) and err.getMessage() == "worker: harness crashed (x.py:9)"
 
 
-def test_cli_process_runs_tensorflow_without_keras():
+def test_cli_process_runs_tensorflow_without_keras_or_librosa():
     """beam_runner.py hides Keras from its own process (TensorFlow imports it eagerly, ~1.4 s of the
-    start, and the job never uses it): TensorFlow imports and computes features without it."""
+    start, and the job never uses it): TensorFlow imports and computes features without it. Nor
+    does the feature path import librosa (a test dependency only; its import costs ~0.8 s)."""
     code = ("import beam_runner, sys\n"
-            "from pipeline import config, features\n"
+            "from pipeline import audio, config, features\n"
             "import numpy as np\n"
             "cfg = config.feature_config('small')\n"
-            "y = np.sin(np.arange(cfg.sample_rate, dtype=np.float32) / 7)[None]\n"
-            "out = features.feature_fn(cfg)(y, np.array([y.shape[1]], np.int32)).numpy()\n"
-            "print(sys.modules['keras'], out.shape, bool(np.isfinite(out).all()))\n")
+            "y = np.sin(np.arange(cfg.sample_rate, dtype=np.float32) / 7)\n"
+            "y = features.window_keeper(cfg)(y)[None]\n"
+            "out = features.feature_fn(features.without_trim(cfg))(y, np.array([y.shape[1]], np.int32)).numpy()\n"
+            "print(sys.modules['keras'], 'librosa' in sys.modules, out.shape, bool(np.isfinite(out).all()))\n")
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.split("\n")[-2] == f"None (1, {config.n_frames(config.feature_config('small'))}, 40) True"
+    frames = config.n_frames(config.feature_config('small'))
+    assert res.stdout.split("\n")[-2] == f"None False (1, {frames}, 40) True"
