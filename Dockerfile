@@ -1,5 +1,5 @@
 # The project's environment for hosts without root, or without debootstrap, and the image every
-# step of the Kubeflow V2 / Vertex pipeline runs in (pipeline/kubeflow.py: DEFAULT_IMAGE):
+# step of the Kubeflow V2 / Vertex pipeline runs in (pipeline/orchestration/kubeflow.py: DEFAULT_IMAGE):
 #   docker build -t fat-audio-pipeline:0.1.0 .
 #   docker run --rm -v "$PWD/out:/app/out" fat-audio-pipeline:0.1.0 make demo
 #   docker run --rm fat-audio-pipeline:0.1.0 make test

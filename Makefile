@@ -13,7 +13,7 @@ env:            ## create or update the environment
 	$(INENV) python -c "import tensorflow, tfx, apache_beam; print('environment ready:', '$$($(INENV) --which)')"
 
 $(DEMO_DATA)/train_curated.csv:
-	$(INENV) python -m pipeline.demo_data --out $(DEMO_DATA)
+	$(INENV) python -m pipeline.data.demo_data --out $(DEMO_DATA)
 
 demo: $(DEMO_DATA)/train_curated.csv   ## generate the synthetic FAT2019-layout data and run the TFX pipeline on it
 	# the demo data holds 9 deliberately bad rows/clips (3.6%), counted in the report and the Examples' dead_letters.jsonl;
@@ -32,7 +32,7 @@ test-fast:      ## unit tests only
 	$(INENV) pytest -q -m "not slow" $(PYTEST_ARGS)
 
 smoke-root:     ## the Debian 13 root path, forced, on any host: build it and run a short job
-	rm -rf /tmp/fatp-smoke && FATP_FORCE_ROOT=1 $(INENV) python -m pipeline.demo_data --out /tmp/fatp-smoke/data --train 12 --test 2
+	rm -rf /tmp/fatp-smoke && FATP_FORCE_ROOT=1 $(INENV) python -m pipeline.data.demo_data --out /tmp/fatp-smoke/data --train 12 --test 2
 	FATP_FORCE_ROOT=1 $(INENV) python beam_runner.py --data_dir /tmp/fatp-smoke/data --output_dir /tmp/fatp-smoke/out \
 	    --preset small --max_error_ratio 1
 	FATP_FORCE_ROOT=1 $(INENV) python -c "import tfx, ml_metadata; print('tfx', tfx.__version__, 'in the Debian 13 root')"

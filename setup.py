@@ -94,16 +94,16 @@ setup(
         "kfp-pipeline-spec>=0.3.0,<2.17.0",
     ],
     # librosa is the reference the feature tests (and bench/'s seed loop) compare against; the
-    # pipeline itself does not import it (pipeline/mel_filters.py builds its filterbank)
+    # pipeline itself does not import it (pipeline/features/mel_filters.py builds its filterbank)
     extras_require={"test": ["pytest>=8", "grpcio-tools==1.74.0", "librosa==0.11.0"]},
     entry_points={
         "console_scripts": [
             "fatp-beam=beam_runner:main",
-            "fatp-demo-data=pipeline.demo_data:main",
-            "fatp-train=pipeline.train:main",
-            "fatp-predict=pipeline.predict:main",
-            "fatp-pipeline=pipeline.local_runner:main",
-            "fatp-kubeflow=pipeline.kubeflow:main",
+            "fatp-demo-data=pipeline.data.demo_data:main",
+            "fatp-train=pipeline.training.train:main",
+            "fatp-predict=pipeline.serving.predict:main",
+            "fatp-pipeline=pipeline.orchestration.run_local:main",
+            "fatp-kubeflow=pipeline.orchestration.kubeflow:main",
         ],
     },
 )

@@ -8,7 +8,7 @@ makes them; needs ../shared):
   1. the Beam job, whole command (DirectRunner, one process: --direct_running_mode=in_memory, so
      the CPU seconds are the job's own work, not worker start-up): wall seconds, CPU ms per clip;
   2. the bytes on disk;
-  3. one epoch of the training input (pipeline.dataset.make_dataset, training=True, batch 32) over
+  3. one epoch of the training input (pipeline.training.dataset.make_dataset, training=True, batch 32) over
      the shards, files in the page cache: clips/s and CPU ms per clip with 1 and 2 tf.data threads.
 Rounds alternate the order. Results: stdout and bench/out/compression.json.
 """
@@ -35,7 +35,7 @@ READ = r"""
 import json, os, resource, sys, time
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
 import tensorflow as tf
-from pipeline import dataset
+from pipeline.training import dataset
 out, threads = sys.argv[1], int(sys.argv[2])
 m = json.load(open(os.path.join(out, "manifest.json")))
 files = [os.path.join(out, f["path"]) for s in m["splits"].values() for f in s["files"]]

@@ -55,7 +55,7 @@ def run_job(data: str, out: str, runner_flags: list[str], extra: list[str]) -> d
 def examples_by_fname(out: str) -> dict:
     import tensorflow as tf
 
-    from pipeline import tfrecord
+    from pipeline.data import tfrecord
 
     with open(os.path.join(out, "manifest.json")) as f:
         manifest = json.load(f)

@@ -1,4 +1,4 @@
-"""lwlrap benchmark: scikit-learn's reference vs pipeline.lwlrap.lwlrap, same data, same process.
+"""lwlrap benchmark: scikit-learn's reference vs pipeline.metrics.lwlrap.lwlrap, same data, same process.
 
     .ci/inenv python bench/bench_lwlrap.py [--n 10000] [--classes 80] [--repeats 5]
 
@@ -27,7 +27,7 @@ sys.path.insert(0, REPO)
 
 from sklearn.metrics import label_ranking_average_precision_score  # noqa: E402
 
-from pipeline.lwlrap import lwlrap  # noqa: E402
+from pipeline.metrics.lwlrap import lwlrap  # noqa: E402
 
 
 def reference(truth, scores):

@@ -42,8 +42,12 @@ def main() -> None:
     import numpy as np
     import soundfile as sf
 
-    from pipeline import audio, config, examples, export, features
-    from pipeline import model as model_lib
+    from pipeline.features import audio
+    from pipeline import config
+    from pipeline.data import example_schema as examples
+    from pipeline.training import export
+    from pipeline.features import feature_fn as features
+    from pipeline.training import model as model_lib
     from tests.serving_loader import ServedModel
 
     files = sorted(glob.glob(os.path.join(SHARED, "data", "fsdd", "recordings", "*.wav")))

@@ -37,7 +37,10 @@ def main() -> None:
     import soundfile as sf
     import soxr
 
-    from pipeline import audio, audio_graph, config, features
+    from pipeline.features import audio
+    from pipeline.features import audio_graph
+    from pipeline import config
+    from pipeline.features import feature_fn as features
     from tests.serving_loader import ServedModel
 
     cfg = config.from_text(open(os.path.join(args.model, "assets", "feature_config.pbtxt")).read())

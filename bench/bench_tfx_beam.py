@@ -29,7 +29,7 @@ BEAM_COMPONENTS = ("AudioExampleGen", "StatisticsGen", "Evaluator")
 
 
 def modes() -> dict[str, list[str]]:
-    from pipeline import job
+    from pipeline.beam import feature_job as job
 
     common = [f"--runner={job.LOCAL_RUNNER}", f"--direct_num_workers={job.usable_cores()}"]
     return {"processes": common + ["--direct_running_mode=multi_processing"],
@@ -37,10 +37,11 @@ def modes() -> dict[str, list[str]]:
 
 
 def one_run(data_dir: str, root: str, epochs: int, beam_args: list[str]) -> dict:
-    from pipeline import run_report, tfx_pipeline
+    from pipeline.orchestration import run_report
+    from pipeline.orchestration import tfx_pipeline
 
     shutil.rmtree(root, ignore_errors=True)
-    cmd = [sys.executable, "-m", "pipeline.local_runner", "--data_dir", data_dir, "--pipeline_root",
+    cmd = [sys.executable, "-m", "pipeline.orchestration.run_local", "--data_dir", data_dir, "--pipeline_root",
            os.path.join(root, "pipeline"), "--serving_root", os.path.join(root, "serving"), "--feature_preset",
            "small", "--epochs", str(epochs), "--no_cache", *beam_args]
     t0 = time.perf_counter()
@@ -63,7 +64,7 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     data_dir = args.data_dir or os.path.join(args.work_dir, "demo_data")
     if not args.data_dir and not os.path.exists(os.path.join(data_dir, "train_curated.csv")):
-        subprocess.run([sys.executable, "-m", "pipeline.demo_data", "--out", data_dir], check=True, cwd=REPO)
+        subprocess.run([sys.executable, "-m", "pipeline.data.demo_data", "--out", data_dir], check=True, cwd=REPO)
     variants = modes()
     runs = {name: [] for name in variants}
     for r in range(args.rounds):

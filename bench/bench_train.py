@@ -69,7 +69,10 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
-    from pipeline import config as config_lib, dataset, model as model_lib, train
+    from pipeline import config as config_lib
+    from pipeline.training import dataset
+    from pipeline.training import model as model_lib
+    from pipeline.training import train
 
     examples = args.examples or build_examples(args.work_dir, args.n)
     cfg = config_lib.trainer_config(args.preset, f"batch_size: {args.batch_size}")

@@ -31,7 +31,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 SHARED = os.path.join(os.path.dirname(REPO), "shared")
 
-# name scopes of pipeline/features.py -> stage, first match wins
+# name scopes of pipeline/features/feature_fn.py -> stage, first match wins
 SCOPES = [("trim", "trim"), ("fit_window", "fit window (place clips)"), ("frame_selection", "frame selection"),
           ("/frames/", "framing + Hann window"), ("/fft/", "FFT (rfft)"), ("/power/", "power (cast, square)"),
           ("/mel_bands/", "mel product (banded)"), ("scatter", "scatter frames back"), ("db/", "dB, top_db floor"),
@@ -64,7 +64,11 @@ def worker(repo: str, data: str, n_clips: int, f64: bool) -> dict:
     out = {"import_tensorflow_s": time.perf_counter() - t0}
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    from pipeline import audio, config, examples, features, tfrecord
+    from pipeline.features import audio
+    from pipeline import config
+    from pipeline.data import example_schema as examples
+    from pipeline.features import feature_fn as features
+    from pipeline.data import tfrecord
 
     cfg = config.feature_config("seed", "" if f64 else "float64_stft: false")
     t = time.perf_counter()

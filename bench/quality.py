@@ -141,7 +141,10 @@ def test_set(test_examples: str):
     """Serialized test examples, their multi-hot truth and mels, all in the same order."""
     import tensorflow as tf
 
-    from pipeline import dataset, examples, output, tfrecord
+    from pipeline.training import dataset
+    from pipeline.data import example_schema as examples
+    from pipeline.data import job_output as output
+    from pipeline.data import tfrecord
 
     files, _ = dataset.split_files(test_examples, "train")
     manifest = output.require_complete(test_examples)
@@ -162,7 +165,7 @@ def score_saved_model(path: str, raw: list[bytes]) -> np.ndarray:
 
 def train_recipe(preset: str, overrides: str, examples: str, out: str, epochs: int, seed: int) -> dict:
     run(["rm", "-rf", out])
-    cpu = run([sys.executable, "-m", "pipeline.train", "--examples", examples, "--work_dir", out, "--export_dir",
+    cpu = run([sys.executable, "-m", "pipeline.training.train", "--examples", examples, "--work_dir", out, "--export_dir",
                os.path.join(out, "export"), "--preset", preset, "--set", f"epochs: {epochs} seed: {seed} {overrides}"])
     with open(os.path.join(out, "results.json")) as f:
         r = json.load(f)
@@ -175,8 +178,11 @@ def mlp_baseline(examples: str, test_mels: np.ndarray, truth: np.ndarray, epochs
     import keras
     import tensorflow as tf
 
-    from pipeline import config, dataset, lwlrap, train
-    from pipeline.lwlrap_keras import LwlrapMetric
+    from pipeline import config
+    from pipeline.training import dataset
+    from pipeline.metrics import lwlrap
+    from pipeline.training import train
+    from pipeline.metrics.lwlrap_keras import LwlrapMetric
 
     job = train.job_from_examples(examples, config.trainer_config(), "/tmp", None)
     pool = lambda x: tf.concat([tf.reduce_mean(x, 1), tf.reduce_max(x, 1), tf.math.reduce_std(x, 1)], -1)  # noqa
@@ -222,7 +228,7 @@ def config_changes(out: str, preset: str, overrides: str, epochs: int, seed: int
 
 
 def one_run(recipe: str, spec: tuple[str, str] | None, seed: int, fold: str, args, data: dict) -> dict:
-    from pipeline import lwlrap
+    from pipeline.metrics import lwlrap
 
     out = os.path.join(args.work_dir, "runs", recipe, str(seed), f"{fold}-{args.train_clips}x{args.test_clips}-e{args.epochs}")
     path = os.path.join(out, "score.json")

@@ -37,7 +37,7 @@ def clips(data: str, n: int, sr: int) -> list:
     """(file name, waveform decoded and resampled as the job does) of the first n clips."""
     import numpy as np
 
-    from pipeline import audio
+    from pipeline.features import audio
 
     out = []
     for path in _clips(data, n):
@@ -62,7 +62,8 @@ def main() -> None:
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    from pipeline import config, features
+    from pipeline import config
+    from pipeline.features import feature_fn as features
 
     cfgs = {"float64": config.feature_config("seed"), "float32": config.feature_config("seed", "float64_stft: false")}
     raw = {k: config.feature_config("seed", ("" if k == "float64" else "float64_stft: false") + " normalization: NONE")

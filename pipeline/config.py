@@ -80,7 +80,7 @@ def trainer_config(preset: str = "default", overrides: str = "") -> TrainerConfi
 
 def load_text(path: str, preset: str = "seed") -> FeatureConfig:
     """A FeatureConfig from a .pbtxt file, merged over `preset`."""
-    from pipeline.output import read_text
+    from pipeline.data.job_output import read_text
 
     return feature_config(preset, read_text(path))
 

@@ -30,11 +30,11 @@ NUM_CLASSES = 80
 
 def _read_examples(out_dir, manifest):
     """{split: [SimpleNamespace(fname, labels, mel, serialized)]} in file order, parsed with the
-    tf.train.Example protobuf itself (independent of pipeline.examples.parse_spec)."""
+    tf.train.Example protobuf itself (independent of pipeline.data.example_schema.parse_spec)."""
     import numpy as np
     import tensorflow as tf
 
-    from pipeline import tfrecord
+    from pipeline.data import tfrecord
 
     splits = {}
     for split, info in manifest["splits"].items():
@@ -60,7 +60,9 @@ def train_examples(tmp_path_factory):
 
     Fields: root, data (the Kaggle layout), out (the examples dir), manifest, labels (labels.txt),
     csv_labels ({fname: sorted label indices} from train_curated.csv), records (_read_examples)."""
-    from pipeline import demo_data, job, output
+    from pipeline.data import demo_data
+    from pipeline.beam import feature_job as job
+    from pipeline.data import job_output as output
 
     root = tmp_path_factory.mktemp("train_examples")
     data, out = root / "data", root / "examples"
@@ -81,7 +83,8 @@ def train_examples(tmp_path_factory):
 def trained(train_examples, tmp_path_factory):
     """train() with the small preset (2 epochs) on the fixture's examples, with an export:
     (root, job, results)."""
-    from pipeline import config, train
+    from pipeline import config
+    from pipeline.training import train
 
     root = tmp_path_factory.mktemp("trained")
     with pytest.MonkeyPatch.context() as mp:

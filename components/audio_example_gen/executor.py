@@ -1,4 +1,4 @@
-"""The Audio ExampleGen's executor: runs pipeline.job.build in the component's Beam pipeline and
+"""The Audio ExampleGen's executor: runs pipeline.beam.feature_job.build in the component's Beam pipeline and
 turns its manifest into a standard TFX `Examples` artifact.
 
     EXAMPLES_URI/Split-train/data-*.tfrecord.gz   only TFRecord files (tfx-bsl picks GZIP by the
@@ -25,7 +25,8 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils
 
 from components.audio_example_gen import inputs
-from pipeline import job, output
+from pipeline.beam import feature_job as job
+from pipeline.data import job_output as output
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,367 @@
+"""The Beam job's steps as composite PTransforms: rows -> audio -> features -> tf.Examples -> files.
+
+Nothing here raises on bad input: a row or clip that cannot be used leaves its step on the
+DEAD output as a dead letter (fname, line, stage, reason, detail) and bumps a Beam counter named
+after its reason, so that input rows = written + failed always holds.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.transforms import window
+from apache_beam.utils.windowed_value import WindowedValue
+
+from pipeline.features import audio
+from pipeline.data import example_schema as examples
+from pipeline.data import kaggle_layout
+from pipeline.data import job_output as output
+from pipeline.data import tfrecord
+from pipeline import config as config_lib
+
+DEAD = "dead"
+NAMESPACE = "fatp"
+log = logging.getLogger(__name__)
+
+
+def dead_letter(fname: str, line: int, stage: str, reason: str, detail: str) -> beam.pvalue.TaggedOutput:
+    Metrics.counter(NAMESPACE, f"failed_{reason}").inc()
+    return beam.pvalue.TaggedOutput(DEAD, {"fname": fname, "line": line, "stage": stage, "reason": reason,
+                                           "detail": detail})
+
+
+def split_of(fname: str, eval_ratio: float) -> str:
+    """'eval' for a fixed eval_ratio share of file names, 'train' for the rest: a hash, not a draw."""
+    h = int.from_bytes(hashlib.sha256(fname.encode("utf-8")).digest()[:8], "big") / 2.0 ** 64
+    return "eval" if h < eval_ratio else "train"
+
+
+@dataclass(frozen=True)
+class Clip:
+    row: kaggle_layout.Row
+    waveform: object  # np.ndarray, mono float32 at the config's sample rate: the part the features use
+    source_seconds: float
+
+
+class _ParseRows(beam.DoFn):
+    def __init__(self, vocabulary: list[str] | None):
+        self._vocabulary = vocabulary
+
+    def process(self, csv_path: str):
+        good, bad = kaggle_layout.parse_rows(output.read_text(csv_path), self._vocabulary)
+        log.info("%s: %d usable rows, %d rejected", csv_path, len(good), len(bad))
+        for b in bad:
+            yield dead_letter(b.fname, b.line, "csv", b.reason, b.detail)
+        yield from good
+
+
+class ReadRows(beam.PTransform):
+    """The CSV's rows (train mode: with label indices; test mode: vocabulary None, fnames only),
+    reshuffled so that the clips spread over workers."""
+
+    def __init__(self, csv_path: str, vocabulary: list[str] | None):
+        super().__init__()
+        self._csv_path, self._vocabulary = csv_path, vocabulary
+
+    def expand(self, pbegin):
+        parsed = (pbegin | "CsvPath" >> beam.Create([self._csv_path])
+                  | "Parse" >> beam.ParDo(_ParseRows(self._vocabulary)).with_outputs(DEAD, main="rows"))
+        return {"rows": parsed.rows | "Spread" >> beam.Reshuffle(), DEAD: parsed[DEAD]}
+
+
+def _local_file_problem(path: str, audio_dir: str) -> str | None:
+    """Why a local path must not be read: it resolves outside the audio folder (a symlink), or it is
+    not a regular file (a FIFO would block the worker, a device file never ends). None when fine
+    or when the path is not local (object stores have neither)."""
+    if "://" in path:
+        return None
+    real, root = os.path.realpath(path), os.path.realpath(audio_dir)
+    if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
+        return f"resolves to {real}, outside the audio folder {root}"
+    try:
+        mode = os.stat(real).st_mode
+    except FileNotFoundError:
+        return None   # reported as missing_file by the read
+    if not stat.S_ISREG(mode):
+        return "not a regular file (a directory, FIFO, socket or device)"
+    return None
+
+
+class _DecodeAudio(beam.DoFn):
+    """Row -> Clip: checks, reads (with retries), decodes, resamples, and keeps only the samples the
+    feature function will use (features.window_keeper), so a clip costs at most one window of
+    memory from here on. Any failure of one clip is that clip's dead letter."""
+
+    READ_ATTEMPTS = 4
+    RETRY_DELAY_S = 0.5        # doubled after each failed attempt: 0.5, 1, 2 s
+
+    def __init__(self, audio_dir: str, config_text: str):
+        self._audio_dir, self._config_text = audio_dir, config_text
+
+    def setup(self):
+        from pipeline.features import feature_fn as features
+
+        self._cfg = config_lib.from_text(self._config_text)
+        self._keep = features.window_keeper(self._cfg)
+
+    def _read(self, path: str) -> bytes:
+        """The file's bytes; transient errors are retried with back-off before they count."""
+        for attempt in range(self.READ_ATTEMPTS):
+            try:
+                with FileSystems.open(path, compression_type="uncompressed") as f:
+                    return f.read()
+            except Exception:  # noqa: BLE001 -- FileSystems wraps every error in BeamIOError
+                if attempt == self.READ_ATTEMPTS - 1 or not FileSystems.exists(path):
+                    raise
+                Metrics.counter(NAMESPACE, "read_retries").inc()
+                time.sleep(self.RETRY_DELAY_S * 2 ** attempt)
+        raise AssertionError("unreachable")
+
+    def process(self, row: kaggle_layout.Row):
+        path = FileSystems.join(self._audio_dir, row.fname)
+        problem = _local_file_problem(path, self._audio_dir)
+        if problem:
+            yield dead_letter(row.fname, row.line, "read", "unsafe_path", problem)
+            return
+        try:
+            matches = FileSystems.match([path])[0].metadata_list
+            if matches:
+                audio.check_file_size(matches[0].size_in_bytes, self._cfg.limits)
+            data = self._read(path)
+        except audio.AudioError as e:
+            yield dead_letter(row.fname, row.line, "read", e.reason, e.detail)
+            return
+        except Exception as e:  # noqa: BLE001 -- tell missing from unreadable
+            if not FileSystems.exists(path):
+                yield dead_letter(row.fname, row.line, "read", "missing_file", f"{path} does not exist")
+            else:
+                yield dead_letter(row.fname, row.line, "read", "read_error", f"{type(e).__name__}: {e}")
+            return
+        try:
+            waveform, info = audio.decode(data, self._cfg.sample_rate, self._cfg.limits)
+            del data
+            kept = self._keep(waveform)
+        except audio.AudioError as e:
+            yield dead_letter(row.fname, row.line, "decode", e.reason, e.detail)
+            return
+        except Exception as e:  # noqa: BLE001 -- resampling, trimming: still this clip's problem only
+            yield dead_letter(row.fname, row.line, "decode", "decode_error", f"{type(e).__name__}: {e}")
+            return
+        Metrics.counter(NAMESPACE, "clips_decoded").inc()
+        yield Clip(row, np.ascontiguousarray(kept), info["source_seconds"])
+
+
+_FEATURE_FNS: dict[str, object] = {}
+_FEATURE_FNS_LOCK = threading.Lock()
+
+
+def _shared_feature_fn(config_text: str):
+    """One feature function per config and process: DoFn instances on threads of one worker process
+    (--direct_running_mode=multi_threading) share it, so it is traced once per process, not once
+    per thread (tf.function serializes its own first trace and is safe to call from threads)."""
+    from pipeline.features import feature_fn as features
+    with _FEATURE_FNS_LOCK:
+        if config_text not in _FEATURE_FNS:
+            # clips arrive already trimmed and cut to the window by _DecodeAudio (features.window_keeper)
+            _FEATURE_FNS[config_text] = features.feature_fn(features.without_trim(config_lib.from_text(config_text)))
+        return _FEATURE_FNS[config_text]
+
+
+class _ComputeFeatures(beam.DoFn):
+    """Batches of clips through the feature function, traced once per worker process."""
+
+    LOG_EVERY_S = 30.0
+
+    def __init__(self, config_text: str, intra_op_threads: int):
+        self._config_text, self._threads = config_text, intra_op_threads
+
+    def setup(self):
+        import tensorflow as tf
+
+        from pipeline.features import feature_fn as features
+        if self._threads:
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(self._threads)
+                tf.config.threading.set_inter_op_parallelism_threads(self._threads)
+            except RuntimeError:  # TF already initialized in this process (e.g. a DirectRunner thread)
+                pass
+        self._pad_batch = features.pad_batch
+        self._fn = _shared_feature_fn(self._config_text)
+        self._done, self._t0, self._last_log = 0, time.time(), time.time()
+
+    def _run(self, clips):
+        waveform, length = self._pad_batch([c.waveform for c in clips])
+        return self._fn(waveform, length).numpy()
+
+    def process(self, clips: list[Clip]):
+        try:
+            mels = list(self._run(clips))
+        except Exception:  # isolate the clip that breaks the batch; the rest go on
+            mels = []
+            for c in clips:
+                try:
+                    mels.append(self._run([c])[0])
+                except Exception as e:
+                    mels.append(e)
+        for clip, mel in zip(clips, mels):
+            if isinstance(mel, Exception):
+                yield dead_letter(clip.row.fname, clip.row.line, "features", "feature_error",
+                                  f"{type(mel).__name__}: {mel}")
+            else:
+                yield clip, mel
+        self._done += len(clips)
+        Metrics.counter(NAMESPACE, "clips_featurized").inc(len(clips))
+        now = time.time()
+        if now - self._last_log >= self.LOG_EVERY_S:
+            self._last_log = now
+            log.info("features: %d clips on this worker, %.1f clips/s", self._done, self._done / (now - self._t0))
+
+
+class ComputeFeatures(beam.PTransform):
+    """Rows -> decoded audio, trimmed and cut to the window -> batched feature function ->
+    (Clip, mel [frames, n_mels])."""
+
+    def __init__(self, audio_dir: str, cfg: config_lib.FeatureConfig, batch_size: int, intra_op_threads: int = 0):
+        super().__init__()
+        self._audio_dir, self._cfg = audio_dir, cfg
+        self._batch_size, self._threads = batch_size, intra_op_threads
+
+    def expand(self, rows):
+        decoded = rows | "Decode" >> beam.ParDo(_DecodeAudio(self._audio_dir, config_lib.to_text(self._cfg))).with_outputs(
+            DEAD, main="clips")
+        featurized = (decoded.clips
+                      | "Batch" >> beam.BatchElements(min_batch_size=self._batch_size, max_batch_size=self._batch_size)
+                      | "Features" >> beam.ParDo(_ComputeFeatures(config_lib.to_text(self._cfg), self._threads))
+                      .with_outputs(DEAD, main="mels"))
+        return {"mels": featurized.mels, DEAD: (decoded[DEAD], featurized[DEAD]) | "FlattenDead" >> beam.Flatten()}
+
+
+class _WriteBundleFiles(beam.DoFn):
+    """Streams each bundle's examples into one temporary TFRecord file per split.
+
+    Memory stays flat whatever the dataset size (no GroupByKey over examples); the files are
+    renamed into place by `finalize_shards` once all bundles are done. A bundle that fails and is
+    retried writes new files (fresh names); the failed attempt's files are never reported, so
+    finalize_shards deletes them as orphans.
+
+    Why not Beam's WriteToTFRecord, which does the same temp-file/finalize dance: its GZIP is zlib
+    level 6 (7.5 ms an example, measured in bench/README.md) with no Huffman-only setting (2.7 ms),
+    it needs one sink per split, and it reports file names but not the records in each file,
+    which the manifest lists.
+    """
+
+    def __init__(self, tmp_dir: str, compression: str):
+        self._tmp_dir, self._compression = tmp_dir, compression
+
+    def start_bundle(self):
+        self._writers = {}
+
+    def process(self, split_and_record):
+        split, record = split_and_record
+        writer = self._writers.get(split)
+        if writer is None:
+            path = FileSystems.join(self._tmp_dir, f"{split}-{uuid.uuid4().hex}{tfrecord.suffix(self._compression)}")
+            writer = self._writers[split] = tfrecord.TFRecordWriter(path, self._compression)
+        writer.write(record)
+        Metrics.counter(NAMESPACE, f"written_{split}").inc()
+
+    def finish_bundle(self):
+        for split, writer in self._writers.items():
+            writer.close()
+            yield WindowedValue({"split": split, "tmp_path": writer.path, "records": writer.records},
+                                window.MIN_TIMESTAMP, [window.GlobalWindow()])
+        self._writers = {}
+
+
+def finalize_shards(_, infos: list[dict], out_dir: str, tmp_dir: str, split_prefix: str = "") -> dict:
+    """Rename the bundles' files to OUT/<prefix><split>/data-NNNNN-of-MMMMM.tfrecord[.gz]; drop orphans.
+
+    Orphans are files of bundles that a runner retried: only the files reported by committed
+    bundles (`infos`) are kept. Safe to run again after a partial or complete run (a retried
+    step): a shard already renamed is left in place.
+    """
+    summary = {}
+    for split in sorted({i["split"] for i in infos}):
+        mine = sorted((i for i in infos if i["split"] == split), key=lambda i: i["tmp_path"])
+        files = []
+        split_dir = FileSystems.join(out_dir, split_prefix + split)
+        if not FileSystems.exists(split_dir):  # local filesystems need it; object stores ignore it
+            FileSystems.mkdirs(split_dir)
+        for n, info in enumerate(mine):
+            ext = ".tfrecord.gz" if info["tmp_path"].endswith(".gz") else ".tfrecord"
+            rel = f"{split_prefix}{split}/data-{n:05d}-of-{len(mine):05d}{ext}"
+            final = FileSystems.join(out_dir, rel)
+            # idempotent: a runner may retry this step after some renames were done
+            if FileSystems.exists(info["tmp_path"]) or not FileSystems.exists(final):
+                FileSystems.rename([info["tmp_path"]], [final])
+            files.append({"path": rel, "records": info["records"]})
+        summary[split] = {"records": sum(f["records"] for f in files), "files": files}
+    leftovers = [m.path for m in FileSystems.match([FileSystems.join(tmp_dir, "*")])[0].metadata_list]
+    if leftovers:
+        log.info("removing %d temporary files of retried bundles", len(leftovers))
+        FileSystems.delete(leftovers)
+    if FileSystems.exists(tmp_dir):
+        FileSystems.delete([tmp_dir])
+    return summary
+
+
+class WriteExamples(beam.PTransform):
+    """(Clip, mel) -> tf.Examples in TFRecord shards per split (GZIP unless compression is "none");
+    outputs the shard summary.
+
+    Split folders are named `split_prefix + split`: plain for the command line, "Split-" for a
+    TFX Examples artifact, whose readers look for Split-<name>/."""
+
+    def __init__(self, out_dir: str, eval_ratio: float | None, compression: str = "none", split_prefix: str = ""):
+        super().__init__()
+        self._out_dir, self._eval_ratio, self._compression = out_dir, eval_ratio, compression
+        self._split_prefix = split_prefix
+        self._tmp_dir = FileSystems.join(out_dir, "_tmp")
+
+    def _keyed_example(self, clip_mel):
+        clip, mel = clip_mel
+        split = "test" if self._eval_ratio is None else split_of(clip.row.fname, self._eval_ratio)
+        return split, examples.serialize(clip.row.fname, clip.row.labels, mel, clip.source_seconds)
+
+    def expand(self, mels):
+        infos = (mels | "Serialize" >> beam.Map(self._keyed_example)
+                 | "WriteBundles" >> beam.ParDo(_WriteBundleFiles(self._tmp_dir, self._compression)))
+        return (mels.pipeline | "FinalizeTrigger" >> beam.Create([None])
+                | "Finalize" >> beam.Map(finalize_shards, beam.pvalue.AsList(infos), self._out_dir, self._tmp_dir,
+                                         self._split_prefix))
+
+
+def _write_dead_letters(letters: list[dict], path: str) -> dict:
+    import json
+
+    letters = sorted(letters, key=lambda d: (d["line"], d["fname"], d["stage"]))
+    with FileSystems.create(path) as f:
+        for d in letters:
+            f.write((json.dumps(d, sort_keys=True) + "\n").encode("utf-8"))
+    by_reason, by_stage = {}, {}
+    for d in letters:
+        by_reason[d["reason"]] = by_reason.get(d["reason"], 0) + 1
+        by_stage[d["stage"]] = by_stage.get(d["stage"], 0) + 1
+    return {"failed": len(letters), "by_reason": by_reason, "by_stage": by_stage}
+
+
+class WriteDeadLetters(beam.PTransform):
+    """All dead letters, sorted by input line, into one JSONL file; outputs their counts."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self._path = path
+
+    def expand(self, letters):
+        return (letters | "Collect" >> beam.combiners.ToList()
+                | "Write" >> beam.Map(_write_dead_letters, self._path))

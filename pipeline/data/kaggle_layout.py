@@ -1,0 +1,122 @@
+"""The Kaggle FAT2019 layout: train_curated.csv rows, the label vocabulary, safe file names.
+
+    DATA/train_curated.csv       fname,labels        ("0006ae4e.wav","Bark" or "Walk_and_footsteps,Slam")
+    DATA/train_curated/*.wav
+    DATA/sample_submission.csv   fname,<80 label columns in the competition's order>
+    DATA/test/*.wav
+
+The label order is the order of sample_submission.csv's columns (or of a labels.txt file, one
+label per line), so model outputs line up with the submission format. Row problems are returned as
+(reason, detail) rather than raised: the Beam job reports them as dead letters.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import posixpath
+from dataclasses import dataclass, field
+
+from pipeline.data.job_output import read_text
+
+
+@dataclass(frozen=True)
+class Row:
+    """One input row: a clip to read, with label indices (empty in test mode)."""
+    fname: str
+    line: int
+    labels: tuple[int, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class BadRow:
+    fname: str
+    line: int
+    reason: str
+    detail: str
+
+
+def load_vocabulary(path: str) -> list[str]:
+    """Labels in model-output order from sample_submission.csv (its header) or a labels.txt."""
+    text = read_text(path)
+    if path.endswith(".csv"):
+        header = next(csv.reader(io.StringIO(text)), [])
+        if len(header) < 2 or header[0] != "fname":
+            raise ValueError(f"{path}: expected a header 'fname,<label>,...', got {header[:3]}")
+        labels = [h.strip() for h in header[1:]]
+    else:
+        labels = [line.strip() for line in text.splitlines() if line.strip()]
+    if not labels:
+        raise ValueError(f"{path}: no labels found")
+    dupes = sorted({x for x in labels if labels.count(x) > 1})
+    if dupes:
+        raise ValueError(f"{path}: duplicate labels {dupes}")
+    return labels
+
+
+def unsafe_path_reason(fname: str) -> str | None:
+    """Why fname could escape the audio folder, or None when it is a plain relative path."""
+    if not fname:
+        return "empty file name"
+    if "\x00" in fname or "\\" in fname:
+        return "file name holds a NUL or backslash"
+    if "://" in fname or fname.startswith("/") or (len(fname) > 1 and fname[1] == ":"):
+        return "absolute path or URL"
+    normalized = posixpath.normpath(fname)
+    if normalized == ".." or normalized.startswith("../") or "/../" in f"/{fname}/":
+        return "path climbs out of the audio folder with '..'"
+    if normalized == ".":
+        return "names the audio folder itself, not a file"
+    return None
+
+
+def normalize_fname(fname: str) -> str:
+    """The one spelling of a safe file name ("./a.wav", "a.wav/" and "a//b.wav" are "a.wav", "a.wav"
+    and "a/b.wav"), used for the duplicate check, the train/eval hash and the examples, so that one
+    clip cannot be listed twice under two spellings and land in both splits."""
+    return posixpath.normpath(fname)
+
+
+def parse_rows(text: str, vocabulary: list[str] | None) -> tuple[list[Row], list[BadRow]]:
+    """Rows of train_curated.csv (vocabulary given) or sample_submission.csv (None: test mode).
+
+    Every data line yields exactly one Row or one BadRow, so input rows = good + bad. The first
+    occurrence of a file name wins; later ones are reported as duplicates.
+    """
+    index = {label: i for i, label in enumerate(vocabulary or [])}
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    if not header or header[0].strip() != "fname":
+        raise ValueError(f"expected a CSV header starting with 'fname', got {header!r}")
+    if vocabulary is not None and (len(header) < 2 or header[1].strip() != "labels"):
+        raise ValueError(f"expected the header 'fname,labels', got {header!r}")
+    good, bad, seen = [], [], {}
+    for row in reader:
+        line = reader.line_num
+        if not row or all(not c.strip() for c in row):
+            continue  # blank lines are not rows
+        fname = row[0].strip()
+        if vocabulary is not None and len(row) != 2:
+            bad.append(BadRow(fname, line, "malformed_row", f"expected 2 columns (fname,labels), got {len(row)}"))
+            continue
+        why = unsafe_path_reason(fname)
+        if why:
+            bad.append(BadRow(fname, line, "unsafe_path", why))
+            continue
+        raw, fname = fname, normalize_fname(fname)
+        if fname in seen:
+            same = "" if raw == fname else f" as {fname!r}"
+            bad.append(BadRow(raw, line, "duplicate_fname", f"already listed{same} on line {seen[fname]}"))
+            continue
+        seen[fname] = line
+        if vocabulary is None:
+            good.append(Row(fname, line))
+            continue
+        names = [x.strip() for x in row[1].split(",") if x.strip()]
+        unknown = [x for x in names if x not in index]
+        if not names:
+            bad.append(BadRow(fname, line, "no_labels", "labels column is empty"))
+        elif unknown:
+            bad.append(BadRow(fname, line, "unknown_label", f"not in the vocabulary: {', '.join(unknown)}"))
+        else:
+            good.append(Row(fname, line, tuple(sorted({index[x] for x in names}))))
+    return good, bad

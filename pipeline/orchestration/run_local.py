@@ -1,0 +1,166 @@
+"""`fatp-pipeline`: run the TFX pipeline locally (LocalDagRunner, ML Metadata in SQLite, caching).
+
+    fatp-pipeline --data_dir DATA --pipeline_root out/pipeline --serving_root out/serving \\
+        [--feature_preset small] [--trainer_preset default] [--epochs 30] [--min_lwlrap 0.4] \\
+        [Beam flags, e.g. --direct_num_workers=2]
+
+Components run in order; finished ones are reused from the cache when their inputs and
+parameters are unchanged (a rerun after a crash resumes where it stopped). At the end it prints
+each component's outcome from ML Metadata: dead letters, anomalies, lwlrap against the
+baseline, blessed or not, and where the model was pushed. Exit status: 0 when the run completed
+(blessed or not: "not blessed" is the gate working), 1 when a component failed, 2 for bad flags.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+from pipeline import config as config_lib
+from pipeline.data import job_output as output
+
+log = logging.getLogger("fatp.pipeline")
+
+
+def arg_parser() -> argparse.ArgumentParser:
+    from pipeline.orchestration import tfx_pipeline
+
+    ap = argparse.ArgumentParser(prog="fatp-pipeline", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data_dir", required=True, help="Kaggle layout root: train_curated.csv, train_curated/, "
+                                                      "sample_submission.csv")
+    ap.add_argument("--pipeline_root", default="out/pipeline", help="artifacts of every component, and "
+                                                                    "metadata.sqlite (ML Metadata)")
+    ap.add_argument("--serving_root", default="out/serving",
+                    help="the Pusher writes SERVING_ROOT/MODEL_NAME/<version>/ for TensorFlow Serving")
+    ap.add_argument("--pipeline_name", default=tfx_pipeline.PIPELINE_NAME)
+    ap.add_argument("--model_name", default=tfx_pipeline.MODEL_NAME)
+    ap.add_argument("--metadata", help="ML Metadata SQLite file (default: PIPELINE_ROOT/metadata.sqlite)")
+    ap.add_argument("--feature_preset", choices=sorted(config_lib.PRESETS),
+                    help="feature parameters: 'seed' = the Kaggle kernel's (636x128, the default), 'small' = fast demo")
+    ap.add_argument("--feature_config", help="a FeatureConfig text proto file merged over --feature_preset")
+    ap.add_argument("--example_gen_config", help="an AudioExampleGenConfig text proto file "
+                                                 "(proto/example_gen_config.proto); the flags below override it")
+    ap.add_argument("--eval_ratio", type=float, help="share of clips in the eval split (default 0.1)")
+    ap.add_argument("--max_error_ratio", type=float,
+                    help="fail the ExampleGen (nothing downstream runs) above this share of dead letters (default 0.05)")
+    ap.add_argument("--trainer_preset", choices=sorted(config_lib.TRAINER_PRESETS), default="default")
+    ap.add_argument("--epochs", type=int, help="training epochs (overrides the preset)")
+    ap.add_argument("--set", default="", help="TrainerConfig fields as text proto, e.g. 'batch_size: 32'")
+    ap.add_argument("--min_lwlrap", type=float, help="bless only above this eval lwlrap (default 0.4, proto/evaluator_config.proto)")
+    ap.add_argument("--baseline_tolerance", type=float,
+                    help="bless only if lwlrap >= the last blessed model's - this (default 0.01)")
+    ap.add_argument("--no_cache", action="store_true", help="run every component even if a cached result exists")
+    ap.epilog = ("Flags not listed here go to every Beam component (beam_pipeline_args), e.g. "
+                 "--direct_num_workers=4 or Dataflow flags; given any, they replace the defaults "
+                 f"({' '.join(tfx_pipeline.default_beam_pipeline_args())}) except the runner.")
+    ap.add_argument("--log_level", default="ERROR",
+                    help="logging level of TFX, Beam and TensorFlow (INFO shows every step); the report comes regardless")
+    return ap
+
+
+def _example_gen_config(args):
+    from google.protobuf import text_format
+
+    from components.audio_example_gen import inputs
+
+    cfg = inputs.parse_config(output.read_text(args.example_gen_config) if args.example_gen_config else "")
+    if args.feature_preset or args.feature_config or not cfg.HasField("features"):
+        overrides = output.read_text(args.feature_config) if args.feature_config else ""
+        cfg.features.CopyFrom(config_lib.feature_config(args.feature_preset or "seed", overrides))
+    if args.eval_ratio is not None:
+        cfg.eval_ratio = args.eval_ratio
+    if args.max_error_ratio is not None:
+        cfg.max_error_ratio = args.max_error_ratio
+    return inputs.parse_config(text_format.MessageToString(cfg))
+
+
+def build(args, beam_args: list[str]):
+    """(pipeline, metadata path) from parsed flags; ValueError on a bad config."""
+    from pipeline.metrics import lwlrap_tfma
+    from pipeline.orchestration import tfx_pipeline
+
+    local = lambda p: p if "://" in p else os.path.abspath(p)  # noqa: E731 -- MLMD records where data came from
+    blessing = lwlrap_tfma.BlessingConfig()
+    if args.min_lwlrap is not None:
+        blessing.min_lwlrap = args.min_lwlrap
+    if args.baseline_tolerance is not None:
+        blessing.baseline_tolerance = args.baseline_tolerance
+    overrides = args.set + (f"\nepochs: {args.epochs}" if args.epochs else "")
+    metadata = args.metadata or os.path.join(args.pipeline_root, "metadata.sqlite")
+    if "://" in metadata:
+        raise ValueError("--metadata must be a local file (SQLite)")
+    os.makedirs(os.path.dirname(os.path.abspath(metadata)), exist_ok=True)
+    if beam_args and not any(a.startswith("--runner") for a in beam_args):
+        beam_args = [a for a in tfx_pipeline.default_beam_pipeline_args() if a.startswith("--runner")] + beam_args
+    pipeline = tfx_pipeline.create_pipeline(
+        pipeline_name=args.pipeline_name, pipeline_root=local(args.pipeline_root), data_dir=local(args.data_dir),
+        serving_root=local(args.serving_root), model_name=args.model_name,
+        example_gen_config=_example_gen_config(args), trainer_preset=args.trainer_preset,
+        trainer_overrides=overrides, blessing=blessing, metadata_path=os.path.abspath(metadata),
+        beam_pipeline_args=beam_args or None, enable_cache=not args.no_cache)
+    return pipeline, os.path.abspath(metadata)
+
+
+class _AtLeast(logging.Filter):
+    """absl resets its logger's level when TFX configures it; a filter stays."""
+
+    def __init__(self, level: int):
+        super().__init__()
+        self._level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self._level
+
+
+def _quiet(level: str) -> None:
+    """TFX, Beam and TensorFlow log every step at INFO; the report at the end is what a user reads
+    (the Trainer's per-epoch lines stay: they are the progress of the long step)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    for name in ("absl", "apache_beam", "tensorflow", "tfx", "ml_metadata"):
+        logging.getLogger(name).setLevel(level.upper())
+        logging.getLogger(name).addFilter(_AtLeast(logging.getLevelName(level.upper())))
+
+
+def run(argv: list[str] | None = None) -> int:
+    args, beam_args = arg_parser().parse_known_args(argv)
+    _quiet(args.log_level)
+    try:
+        pipeline, metadata = build(args, beam_args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from tfx import v1 as tfx
+
+    from pipeline.orchestration import run_report
+    from pipeline.orchestration import tfx_pipeline
+
+    log.info("running pipeline %s on %s (artifacts in %s, ML Metadata %s)", args.pipeline_name, args.data_dir,
+             args.pipeline_root, metadata)
+    t0, error = time.time(), None
+    try:
+        tfx.orchestration.LocalDagRunner().run(pipeline)
+    except Exception as e:  # noqa: BLE001 -- a failed component: report from MLMD, then exit 1
+        error = e
+    seconds = time.time() - t0
+    store = run_report.open_store(metadata)
+    run_id = run_report.latest_run_id(store, args.pipeline_name)
+    print(f"pipeline {args.pipeline_name}, run {run_id} ({seconds:.0f} s); ML Metadata {metadata}")
+    if run_id:
+        print("\n".join(run_report.summary(store, args.pipeline_name, run_id, tfx_pipeline.COMPONENT_IDS)))
+    if error is not None:
+        print(f"FAILED: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # before TensorFlow is imported
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""The TFX pipeline: one `create_pipeline()` for local runs (pipeline.orchestration.run_local) and Kubeflow V2.
+
+    AudioExampleGen (components/audio_example_gen: the Beam feature job -> Examples)
+      -> StatisticsGen -> SchemaGen -> ExampleValidator     (scalar and label features only)
+      -> Trainer (run_fn = pipeline.training.train.run_fn, by import path: no module file, no wheel at run time)
+      -> Resolver(LatestBlessedModelStrategy): the baseline = the latest blessed model
+      -> Evaluator (TFMA with lwlrap, pipeline.metrics.lwlrap_tfma; blesses on BlessingConfig thresholds)
+      -> Pusher (only a blessed model, and not the one already served; components/serving_pusher)
+         -> SERVING_ROOT/<model_name>/<version>/
+
+Every argument is explicit (no module-level settings), as in TFX's templates, so tests, the local
+runner and a Kubeflow compile build the same graph from their own values.
+"""
+from __future__ import annotations
+
+import os
+
+from pipeline import config as config_lib
+from pipeline.data import example_schema as examples_lib
+from pipeline.metrics import lwlrap_tfma
+
+PIPELINE_NAME = "fat-audio-tagging"
+MODEL_NAME = "fat_tagger"
+RUN_FN = "pipeline.training.train.run_fn"
+# What StatisticsGen describes: the scalar and label features. The mel (81,408 floats a clip with
+# the seed's features) would cost most of the statistics' time and say little a schema can check.
+STATS_FEATURES = (examples_lib.LABELS, examples_lib.MEL_SHAPE, examples_lib.SOURCE_SECONDS)
+COMPONENT_IDS = ("AudioExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Trainer",
+                 "latest_blessed_model_resolver", "Evaluator", "Pusher")
+
+
+def default_beam_pipeline_args(workers: int | None = None) -> list[str]:
+    """Beam flags for the Beam components on this machine.
+
+    The runner is named explicitly (pipeline.beam.feature_job.LOCAL_RUNNER): Beam 2.77's DirectRunner first tries
+    to download and start its Prism runner; FnApiRunner is the Python runner that DirectRunner falls
+    back to, honouring direct_num_workers / direct_running_mode. One worker per usable core
+    (pipeline.beam.feature_job.usable_cores: the CPUs this process may run on), as the feature job: threads of
+    one process up to job.MAX_THREAD_WORKERS workers, processes beyond (bench/bench_tfx_beam.py)."""
+    from pipeline.beam import feature_job as job
+
+    return [f"--runner={job.LOCAL_RUNNER}", *job.local_parallelism([], workers or job.usable_cores())]
+
+
+def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_dir: str, serving_root: str,
+                    model_name: str = MODEL_NAME,
+                    example_gen_config=None,
+                    trainer_preset: str = "default", trainer_overrides: str = "",
+                    blessing: lwlrap_tfma.BlessingConfig | None = None,
+                    metadata_path: str | None = None,
+                    beam_pipeline_args: list[str] | None = None,
+                    enable_cache: bool = True):
+    """The pipeline as a `tfx.dsl.Pipeline`.
+
+    Args:
+      pipeline_root: where every component writes its artifacts (local path, gs://...).
+      data_dir: the Kaggle layout's root (train_curated.csv, train_curated/, sample_submission.csv).
+      serving_root: the Pusher writes SERVING_ROOT/<model_name>/<version>/, TF Serving's layout.
+      example_gen_config: AudioExampleGenConfig (features, eval_ratio, max_error_ratio, ...).
+      trainer_preset / trainer_overrides: a TrainerConfig preset and text-proto fields over it.
+      blessing: BlessingConfig thresholds (min_lwlrap, baseline_tolerance).
+      metadata_path: the MLMD SQLite file for local runs (None: no connection config, as for
+        Kubeflow, whose orchestrator brings its own).
+      beam_pipeline_args: flags for every Beam component (default: default_beam_pipeline_args()).
+    """
+    from tfx import v1 as tfx
+    import tensorflow_data_validation as tfdv
+
+    from tfx.dsl.components.base import executor_spec
+
+    from components.audio_example_gen import AudioExampleGen
+    from components.serving_pusher import executor as serving_pusher
+
+    config_lib.trainer_config(trainer_preset, trainer_overrides)    # a bad trainer config fails here, not mid-run
+    example_gen = AudioExampleGen(data_dir=data_dir, config=example_gen_config)
+    statistics_gen = tfx.components.StatisticsGen(
+        examples=example_gen.outputs["examples"],
+        stats_options=tfdv.StatsOptions(feature_allowlist=list(STATS_FEATURES)))
+    schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"], infer_feature_shape=False)
+    example_validator = tfx.components.ExampleValidator(statistics=statistics_gen.outputs["statistics"],
+                                                        schema=schema_gen.outputs["schema"])
+    trainer = tfx.components.Trainer(
+        run_fn=RUN_FN,
+        examples=example_gen.outputs["examples"],
+        train_args=tfx.proto.TrainArgs(splits=["train"]),
+        eval_args=tfx.proto.EvalArgs(splits=["eval"]),
+        custom_config={"trainer_preset": trainer_preset, "trainer_config": trainer_overrides})
+    baseline = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model_resolver")
+    evaluator = tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"],
+        model=trainer.outputs["model"],
+        baseline_model=baseline.outputs["model"],
+        eval_config=lwlrap_tfma.eval_config(blessing))
+    pusher = tfx.components.Pusher(
+        # TFX's Pusher; its executor only skips re-pushing the model that is already served
+        custom_executor_spec=executor_spec.ExecutorClassSpec(serving_pusher.Executor),
+        model=trainer.outputs["model"],
+        model_blessing=evaluator.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
+            base_directory=os.path.join(serving_root, model_name))))
+    components = [example_gen, statistics_gen, schema_gen, example_validator, trainer, baseline, evaluator, pusher]
+    return tfx.dsl.Pipeline(
+        pipeline_name=pipeline_name,
+        pipeline_root=pipeline_root,
+        components=components,
+        enable_cache=enable_cache,
+        metadata_connection_config=(tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path)
+                                    if metadata_path else None),
+        beam_pipeline_args=beam_pipeline_args if beam_pipeline_args is not None else default_beam_pipeline_args())

@@ -1,0 +1,150 @@
+"""tf.data input over the Beam job's TFRecords: the same function feeds the standalone trainer
+and the TFX Trainer's run_fn.
+
+    files -> (shuffle files) -> parallel interleave of TFRecordDatasets (GZIP or plain) -> (shuffle)
+          -> batch -> parse_example on whole batches -> multi-hot labels -> (augment) -> prefetch
+
+Parsing whole batches costs one parse_example call per batch instead of one per example.
+Training may read in non-deterministic order (faster; `deterministic` fixes it); evaluation keeps
+the files' order.
+Frequency warping (VTLP), SpecAugment masks and mixup (AugmentConfig; the default recipe uses
+mixup only) apply to training batches only, in that order.
+"""
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from pipeline.data import example_schema as examples
+from pipeline.features import feature_fn as features
+from pipeline.data import job_output as output
+from pipeline.data import tfrecord
+from pipeline.config import AugmentConfig, FeatureConfig
+
+WARP_LEVELS = 21   # warp factors drawn from this many evenly spaced values in [1 - w, 1 + w]
+
+
+def split_files(examples_dir: str, split: str, manifest: dict | None = None) -> tuple[list[str], int]:
+    """The files of `split` listed by a complete manifest (never a glob over a partial output),
+    and their number of examples. `manifest`: one the caller already read with require_complete."""
+    manifest = manifest or output.require_complete(examples_dir)
+    info = manifest["splits"].get(split)
+    if not info or not info["records"]:
+        raise ValueError(f"{examples_dir}: split {split!r} has no examples (splits: {sorted(manifest['splits'])})")
+    return [output.join(examples_dir, f["path"]) for f in info["files"]], info["records"]
+
+
+def _parse_batch(serialized, mel_shape, num_classes):
+    parsed = tf.io.parse_example(serialized, examples.parse_spec(mel_shape))
+    labels = tf.sparse.to_indicator(parsed[examples.LABELS], num_classes)
+    return parsed[examples.MEL], tf.cast(labels, tf.float32)
+
+
+def spec_augment(mel: tf.Tensor, cfg: AugmentConfig, seed: tf.Tensor) -> tf.Tensor:
+    """Zero random time and frequency stripes of each example ([batch, frames, mels])."""
+    batch, frames, mels = tf.shape(mel)[0], tf.shape(mel)[1], tf.shape(mel)[2]
+    keep = tf.ones_like(mel)
+    for i, (count, width, axis, size) in enumerate(((cfg.time_masks, cfg.time_mask_max_frames, 1, frames),
+                                                     (cfg.freq_masks, cfg.freq_mask_max_bins, 2, mels))):
+        for j in range(count):
+            s = tf.random.experimental.stateless_split(seed + 97 * i + j, 2)
+            w = tf.random.stateless_uniform([batch], s[0], 0, width + 1, tf.int32)
+            start = tf.cast(tf.random.stateless_uniform([batch], s[1]) * tf.cast(size - w + 1, tf.float32), tf.int32)
+            pos = tf.range(size)[tf.newaxis, :]
+            stripe = (pos >= start[:, tf.newaxis]) & (pos < (start + w)[:, tf.newaxis])
+            stripe = tf.expand_dims(stripe, 2 if axis == 1 else 1)
+            keep = keep * (1.0 - tf.cast(stripe, mel.dtype))
+    return mel * keep
+
+
+def freq_warp_matrices(centers: np.ndarray, max_warp: float, levels: int = WARP_LEVELS) -> np.ndarray:
+    """[levels, mels, mels]: one linear map of the mel axis per warp factor a in
+    linspace(1 - max_warp, 1 + max_warp, levels). Output band i takes the input at frequency
+    centers[i] / a, interpolated linearly between the two nearest bands (the edge band past the
+    ends): the spectrum of the same sound with every frequency scaled by a (VTLP)."""
+    mels = len(centers)
+    out = np.zeros((levels, mels, mels), np.float32)
+    cols = np.arange(mels)
+    for k, a in enumerate(np.linspace(1.0 - max_warp, 1.0 + max_warp, levels)):
+        src = np.interp(centers / a, centers, cols)       # fractional source band, clamped to the ends
+        lo = np.floor(src).astype(int)
+        frac = (src - lo).astype(np.float32)
+        out[k, lo, cols] += 1.0 - frac
+        out[k, np.minimum(lo + 1, mels - 1), cols] += frac
+    return out
+
+
+def freq_warp(mel: tf.Tensor, matrices: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Each example of [batch, frames, mels] through one of `matrices` picked at random."""
+    pick = tf.random.stateless_uniform([tf.shape(mel)[0]], seed, 0, tf.shape(matrices)[0], tf.int32)
+    return tf.einsum("btm,bmn->btn", mel, tf.gather(matrices, pick))
+
+
+def mixup(mel: tf.Tensor, labels: tf.Tensor, alpha: float, seed: tf.Tensor):
+    """Convex combinations of each example with a shuffled partner; labels mix the same way."""
+    s = tf.random.experimental.stateless_split(seed, 3)
+    g1 = tf.random.stateless_gamma([tf.shape(mel)[0]], s[0], alpha)
+    g2 = tf.random.stateless_gamma([tf.shape(mel)[0]], s[1], alpha)
+    lam = g1 / (g1 + g2)
+    perm = tf.argsort(tf.random.stateless_uniform([tf.shape(mel)[0]], s[2]))
+    mix = lambda a, l: l * a + (1.0 - l) * tf.gather(a, perm)  # noqa: E731
+    return mix(mel, lam[:, None, None]), mix(labels, lam[:, None])
+
+
+def make_dataset(files: list[str], mel_shape: tuple[int, int], num_classes: int, batch_size: int, *,
+                 training: bool, augment: AugmentConfig | None = None, shuffle_buffer: int = 2048,
+                 seed: int = 1234, num_examples: int | None = None,
+                 feature_cfg: FeatureConfig | None = None, deterministic: bool = False) -> tf.data.Dataset:
+    """(mel [batch, frames, mels], multi-hot labels [batch, classes]) batches from TFRecord files.
+
+    `num_examples` (from the manifest) declares the number of batches, so Keras shows progress
+    from the first epoch and knows where an epoch ends. `feature_cfg` (the examples' manifest's)
+    gives the mel bands' frequencies, which augment.freq_warp needs. `deterministic`: training
+    batches in the same order on every run with the same seed (evaluation's always are)."""
+    if not files:
+        raise ValueError("make_dataset needs at least one TFRecord file")
+    ordered = deterministic or not training
+    # GZIP or plain shards, by name (the Beam job's --compression)
+    ds = tf.data.Dataset.from_tensor_slices((list(files), [tfrecord.compression_type(f) for f in files]))
+    if training:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    # training reads up to 8 files at once; evaluation reads them one after another (the files' order)
+    ds = ds.interleave(lambda f, compression: tf.data.TFRecordDataset(f, compression_type=compression),
+                       cycle_length=min(len(files), 8) if training else 1, num_parallel_calls=tf.data.AUTOTUNE,
+                       deterministic=ordered)
+    if training:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=False)
+    if num_examples is not None:
+        ds = ds.apply(tf.data.experimental.assert_cardinality(-(-num_examples // batch_size)))
+    ds = ds.map(lambda s: _parse_batch(s, mel_shape, num_classes), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=ordered)
+    if training and augment is not None and (augment.time_masks or augment.freq_masks or augment.mixup_alpha
+                                             or augment.freq_warp):
+        ds = _augmented(ds, augment, seed, feature_cfg, ordered)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _augmented(ds: tf.data.Dataset, cfg: AugmentConfig, seed: int, feature_cfg: FeatureConfig | None,
+               ordered: bool):
+    warps = None
+    if cfg.freq_warp:
+        if feature_cfg is None:
+            raise ValueError("augment.freq_warp needs the examples' feature config (the mel bands' frequencies)")
+        warps = tf.constant(freq_warp_matrices(features.mel_centers(feature_cfg), cfg.freq_warp))
+
+    def augment(step, batch):
+        mel, labels = batch
+        step_seed = tf.stack([tf.constant(seed, tf.int64), step])
+        # one independent stream per augmentation (seeds that differ by a small offset could share draws)
+        stream = lambda k: tf.random.experimental.stateless_fold_in(step_seed, k)  # noqa: E731
+        if warps is not None:
+            mel = freq_warp(mel, warps, stream(0))
+        if cfg.time_masks or cfg.freq_masks:
+            mel = spec_augment(mel, cfg, stream(1))
+        if cfg.mixup_alpha > 0:
+            mel, labels = mixup(mel, labels, cfg.mixup_alpha, stream(2))
+        return mel, labels
+
+    # a counter gives each batch its own stateless seed: reproducible, no shared RNG state
+    return ds.enumerate().map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered)

@@ -1,0 +1,306 @@
+"""Training: one code path for the standalone command (`fatp-train`) and the TFX Trainer's run_fn.
+
+    TrainJob (files, shapes, configs, directories)
+      -> strategy (MirroredStrategy; MultiWorkerMirroredStrategy when TF_CONFIG names >1 worker)
+      -> tf.data input (pipeline.training.dataset) -> model.fit with validation lwlrap, EarlyStopping on it
+         (best weights restored), BackupAndRestore, TensorBoard, CSV history
+      -> eval-split predictions -> per-class lwlrap CSV + bar chart, curves, a mel picture
+      -> versioned SavedModel (pipeline.training.export) -> results.json
+
+WORK_DIR/backup (resume state), logs/ (TensorBoard), history.csv, plots/, results.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline import config as config_lib
+from pipeline.training import dataset
+from pipeline.data import kaggle_layout
+from pipeline.data import job_output as output
+from pipeline.training import plots
+
+log = logging.getLogger("fatp.train")
+
+
+@dataclass
+class TrainJob:
+    train_files: list[str]
+    eval_files: list[str]
+    mel_shape: tuple[int, int]
+    labels_path: str
+    feature_cfg: config_lib.FeatureConfig
+    cfg: config_lib.TrainerConfig
+    work_dir: str
+    export_base: str | None = None
+    train_examples: int | None = None      # from the manifest; lets Keras know an epoch's length
+    eval_examples: int | None = None
+    export_version: str | None = None      # EXPORT_BASE/<this>/ instead of a timestamp (TFX: "Format-Serving")
+    data_id: str | None = None             # which Beam job output: its folder and manifest time (backups check it)
+
+    @property
+    def labels(self) -> list[str]:
+        return kaggle_layout.load_vocabulary(self.labels_path)
+
+
+def job_from_examples(examples_dir: str, cfg: config_lib.TrainerConfig, work_dir: str, export_base: str | None,
+                      files: tuple[list[str], list[str]] | None = None, export_version: str | None = None) -> TrainJob:
+    """A TrainJob over a finished Beam job output: its manifest gives the input shape, labels,
+    feature config and, unless `files` (train, eval) are given, the train and eval shards."""
+    manifest = output.require_complete(examples_dir)
+    if manifest["mode"] != "train":
+        raise ValueError(f"{examples_dir} holds {manifest['mode']!r} examples, not labelled train/eval ones")
+    if files is None:
+        files = (dataset.split_files(examples_dir, "train", manifest)[0],
+                 dataset.split_files(examples_dir, "eval", manifest)[0])
+    records = {output.join(examples_dir, f["path"]): f["records"]
+               for split in manifest["splits"].values() for f in split["files"]}
+    count = lambda fs: sum(records[f] for f in fs) if all(f in records for f in fs) else None  # noqa: E731
+    return TrainJob(train_files=files[0], eval_files=files[1], train_examples=count(files[0]),
+                    eval_examples=count(files[1]), mel_shape=tuple(manifest["example"]["mel_shape"]),
+                    labels_path=output.join(examples_dir, manifest["labels"]["file"]),
+                    feature_cfg=config_lib.from_text(manifest["feature_config_text"]),
+                    cfg=cfg, work_dir=work_dir, export_base=export_base, export_version=export_version,
+                    data_id=f"{examples_dir} {manifest.get('created', '')}")
+
+
+def _tf_config() -> dict:
+    return json.loads(os.environ.get("TF_CONFIG") or "{}")
+
+
+def _num_workers() -> int:
+    """Training tasks TF_CONFIG names: its workers and its chief, if any."""
+    cluster = _tf_config().get("cluster", {})
+    return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+
+
+def strategy_from_env():
+    """MultiWorkerMirroredStrategy when TF_CONFIG names several workers, else MirroredStrategy
+    over the local devices (GPUs, or the CPU's logical devices)."""
+    import tensorflow as tf
+
+    if _num_workers() > 1:
+        from pipeline.training import keras_multiworker
+
+        keras_multiworker.apply()
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.MirroredStrategy()
+
+
+def is_chief() -> bool:
+    task = _tf_config().get("task", {})
+    cluster = _tf_config().get("cluster", {})
+    if not task:
+        return True
+    return task.get("type") == "chief" or (task.get("type") == "worker" and task.get("index") == 0
+                                           and "chief" not in cluster)
+
+
+def split_cpu(replicas: int) -> None:
+    """Expose the CPU as `replicas` logical devices, so MirroredStrategy runs real replicas on a
+    CPU-only machine. Must run before TensorFlow initializes its devices."""
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
+
+
+def _fingerprint(job: TrainJob, replicas: int) -> dict:
+    """What a backup must match to be resumed: anything that changes the model, its inputs or the
+    meaning of a step."""
+    return {"trainer_config": config_lib.to_dict(job.cfg), "mel_shape": list(job.mel_shape),
+            "labels": len(job.labels), "replicas": replicas, "train_examples": job.train_examples,
+            "data": job.data_id}
+
+
+def _callbacks(job: TrainJob, chief: bool, replicas: int):
+    """(callbacks, the backup): early stopping before the backup, so each backup holds its state
+    as of the same epoch; logs and history in WORK_DIR on the chief only (every worker may share
+    WORK_DIR, and must for resuming: pipeline/training/resume.py)."""
+    import keras
+
+    from pipeline.training import averaging
+    from pipeline.training import resume
+
+    cfg = job.cfg
+    backup_dir = os.path.join(job.work_dir, "backup")
+    log_dir = job.work_dir if chief else tempfile.mkdtemp(prefix="fatp-worker-")
+    early = None
+    if cfg.early_stopping_patience > 0:
+        early = resume.ResumableEarlyStopping(monitor="val_lwlrap", mode="max", verbose=1,
+                                              patience=cfg.early_stopping_patience, restore_best_weights=True)
+    backup = resume.TrainingBackup(backup_dir, chief, _fingerprint(job, replicas),
+                                   save_freq=cfg.backup_every_steps or "epoch", early_stopping=early)
+    if backup.check():
+        log.info("resuming from the backup in %s", backup_dir)
+    cbs = ([averaging.AveragedValidation()] if cfg.optimizer.ema_momentum > 0 else []) + (
+        [early] if early else []) + [
+        backup,
+        keras.callbacks.TensorBoard(os.path.join(log_dir, "logs")),
+        keras.callbacks.CSVLogger(os.path.join(log_dir, "history.csv"), append=True)]
+    return cbs, backup
+
+
+def _evaluate(model, job: TrainJob, eval_ds) -> dict:
+    """Exact lwlrap over the whole eval split, per class too, and the pictures."""
+    from pipeline.metrics.lwlrap import LwlrapAccumulator
+
+    labels = job.labels
+    acc = LwlrapAccumulator(len(labels))
+    first_mel = None
+    for mel, truth in eval_ds:
+        # a plain call, not predict_on_batch: under MultiWorkerMirroredStrategy predict gathers the
+        # outputs of all workers (a collective), and only the chief evaluates, so it would hang
+        acc.add(truth.numpy(), model(mel, training=False).numpy())
+        first_mel = mel[0].numpy() if first_mel is None else first_mel
+    plot_dir = plots.ensure_dir(os.path.join(job.work_dir, "plots"))
+    per_class = acc.per_class()
+    plots.per_class_lwlrap(labels, per_class, acc.count, os.path.join(plot_dir, "per_class_lwlrap.csv"),
+                           os.path.join(plot_dir, "per_class_lwlrap.png"))
+    plots.mel_example(first_mel, "normalized log-mel of the first eval example",
+                      os.path.join(plot_dir, "mel_example.png"))
+    return {"eval_lwlrap": float(acc.overall()), "eval_examples_positive_labels": int(np.sum(acc.count))}
+
+
+def _full_history(work_dir: str, this_run: dict) -> dict:
+    """Every epoch's logs, across restarts (history.csv is appended to by every resumed run)."""
+    import csv
+
+    path = os.path.join(work_dir, "history.csv")
+    if not os.path.exists(path):
+        return this_run
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {k: [float(r[k]) for r in rows if r.get(k)] for k in (rows[0] if rows else {}) if k != "epoch"}
+
+
+def train(job: TrainJob) -> dict:
+    """Train, evaluate, export. Returns (and writes to WORK_DIR/results.json) the outcome."""
+    import keras
+    import tensorflow as tf
+
+    from pipeline.training import export
+    from pipeline.training import model as model_lib
+    from pipeline.metrics.lwlrap_keras import LwlrapMetric
+
+    cfg = job.cfg
+    keras.utils.set_random_seed(cfg.seed)
+    os.makedirs(job.work_dir, exist_ok=True)
+    strategy = strategy_from_env()
+    replicas = strategy.num_replicas_in_sync
+    global_batch = cfg.batch_size * replicas
+    num_classes = len(job.labels)
+    log.info("%d replica(s) under %s, global batch %d; %d train / %d eval files; input %s, %d labels",
+             replicas, type(strategy).__name__, global_batch, len(job.train_files), len(job.eval_files),
+             "x".join(map(str, job.mel_shape)), num_classes)
+    multi_worker = _num_workers() > 1   # the same count that chose the strategy (a chief is a worker too)
+    make = lambda files, training, n: dataset.make_dataset(  # noqa: E731
+        files, job.mel_shape, num_classes, global_batch, training=training, augment=cfg.augment,
+        shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed, num_examples=None if multi_worker else n,
+        feature_cfg=job.feature_cfg, deterministic=cfg.deterministic_input)
+    train_ds = make(job.train_files, True, job.train_examples)
+    eval_ds = make(job.eval_files, False, job.eval_examples)
+    if multi_worker:
+        opts = tf.data.Options()
+        opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        train_ds, eval_ds = train_ds.with_options(opts), eval_ds.with_options(opts)
+    with strategy.scope():
+        model = model_lib.build_model(job.mel_shape, num_classes, cfg)
+        steps = -(-job.train_examples // global_batch) * cfg.epochs if job.train_examples else None
+        model.compile(optimizer=model_lib.optimizer(cfg, steps), loss=model_lib.loss_fn(cfg),
+                      metrics=[LwlrapMetric(num_classes, name="lwlrap")])
+    chief = is_chief()
+    callbacks, backup = _callbacks(job, chief, replicas)
+    t0 = time.time()
+    history = model.fit(train_ds, validation_data=eval_ds, epochs=cfg.epochs, callbacks=callbacks,
+                        shuffle=False, verbose=2)
+    seconds = time.time() - t0
+    results = {"replicas": replicas, "global_batch": global_batch, "epochs_run": len(history.history.get("loss", [])),
+               "resumed": backup.restored,
+               "early_stopping": backup.early_stopping.state() if backup.early_stopping else None,
+               "train_seconds": seconds, "history": history.history,
+               "trainer_config": config_lib.to_dict(cfg)}
+    if chief:
+        plots.training_curves(_full_history(job.work_dir, history.history),
+                              os.path.join(plots.ensure_dir(os.path.join(job.work_dir, "plots")), "training_curves.png"))
+        results.update(_evaluate(model, job, eval_ds))
+    if job.export_base:  # every worker saves (collectives); non-chiefs into a throwaway directory
+        base = job.export_base if chief else tempfile.mkdtemp(prefix="fatp-export-")
+        results["export_path"] = export.export_saved_model(model, job.feature_cfg, cfg, job.labels_path, base,
+                                                           version=job.export_version)
+    if chief:
+        with open(os.path.join(job.work_dir, "results.json"), "w") as f:
+            json.dump(results, f, indent=1, default=float)
+        log.info("eval lwlrap %.4f after %d epochs (%.0f s)%s", results["eval_lwlrap"], results["epochs_run"],
+                 seconds, f"; exported {results['export_path']}" if job.export_base else "")
+    backup.delete()       # only now: a crash before this point resumes from the backup, export included
+    return results
+
+
+def run_fn(fn_args) -> None:
+    """The TFX Trainer's entry point (GenericExecutor): the same `train()` as the command line.
+
+    custom_config: {"trainer_config": text proto (optional), "trainer_preset": name (optional)}.
+    The examples' manifest (beside the split folders) gives the input shape, labels and features.
+    The SavedModel is written to fn_args.serving_model_dir itself, where TFX's GenericExecutor
+    checks for it (and Evaluator and Pusher read it); results, plots and logs go to model_run_dir.
+    """
+    import tensorflow as tf
+
+    custom = fn_args.custom_config or {}
+    cfg = config_lib.trainer_config(custom.get("trainer_preset", "default"), custom.get("trainer_config", ""))
+    train_files = sorted(f for pattern in fn_args.train_files for f in tf.io.gfile.glob(pattern))
+    eval_files = sorted(f for pattern in fn_args.eval_files for f in tf.io.gfile.glob(pattern))
+    if not train_files or not eval_files:
+        raise ValueError(f"no TFRecord files match train {fn_args.train_files} / eval {fn_args.eval_files}")
+    examples_dir = os.path.dirname(os.path.dirname(train_files[0]))
+    serving_dir = fn_args.serving_model_dir.rstrip("/")
+    train(job_from_examples(examples_dir, cfg, fn_args.model_run_dir, os.path.dirname(serving_dir),
+                            files=(train_files, eval_files), export_version=os.path.basename(serving_dir)))
+
+
+def arg_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="fatp-train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--examples", required=True, help="output directory of the Beam job (with manifest.json)")
+    ap.add_argument("--work_dir", required=True, help="backups, TensorBoard logs, plots, results.json")
+    ap.add_argument("--export_dir", help="serving base directory: the SavedModel goes to EXPORT_DIR/<version>/")
+    ap.add_argument("--preset", choices=sorted(config_lib.TRAINER_PRESETS), default="default",
+                    help="default: measured best; seed: the Kaggle kernel's recipe; small: tiny, for tests")
+    ap.add_argument("--trainer_config", help="a TrainerConfig text proto file merged over --preset")
+    ap.add_argument("--set", default="", help="TrainerConfig fields as text proto, e.g. 'epochs: 5 batch_size: 64'")
+    ap.add_argument("--cpu_replicas", type=int, default=0,
+                    help="split the CPU into this many logical devices (MirroredStrategy replicas without GPUs)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = arg_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        overrides = (output.read_text(args.trainer_config) if args.trainer_config else "") + "\n" + args.set
+        cfg = config_lib.trainer_config(args.preset, overrides)
+        if args.cpu_replicas:
+            split_cpu(args.cpu_replicas)
+        job = job_from_examples(args.examples, cfg, args.work_dir, args.export_dir)
+    except (ValueError, FileNotFoundError, output.OutputError) as e:
+        sys.exit(f"error: {e}")
+    from pipeline.training.resume import BackupMismatch
+
+    try:
+        train(job)
+    except BackupMismatch as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""components/audio_example_gen: the fingerprint that TFX's cache key sees, the driver the launcher
+runs before the cache lookup, and the executor's Examples artifact read back with TFX's own
+reader (tfx-bsl through tfxio_utils, as StatisticsGen, Trainer and Evaluator read it)."""
+import json
+import os
+import shutil
+
+import apache_beam as beam
+import pytest
+from apache_beam.testing.util import assert_that, equal_to
+
+from components.audio_example_gen import executor, inputs
+from components.audio_example_gen.driver import Driver
+from pipeline import config
+from pipeline.data import demo_data
+
+BEAM_ARGS = ["--runner=FnApiRunner"]
+
+
+@pytest.fixture
+def data(tmp_path):
+    """12 labelled clips and the 9 deliberately bad rows/clips of the demo generator."""
+    expected = demo_data.generate(str(tmp_path / "data"), train=12, test=1, seed=4, broken=True)
+    return tmp_path / "data", expected
+
+
+def _paths(data_dir):
+    return inputs.resolve(str(data_dir), inputs.AudioExampleGenConfig())
+
+
+def test_fingerprint_changes_with_the_data_and_only_then(data):
+    data_dir, _ = data
+    first = inputs.fingerprint(_paths(data_dir))
+    assert first.startswith("sha256:") and inputs.fingerprint(_paths(data_dir)) == first
+    n_files = len(os.listdir(data_dir / "train_curated"))
+    assert f"files={n_files} " in first
+    # a new clip in the audio folder
+    shutil.copy(data_dir / "train_curated" / "tr00000.wav", data_dir / "train_curated" / "extra.wav")
+    second = inputs.fingerprint(_paths(data_dir))
+    assert second != first
+    # a relabelled clip in the CSV, no audio touched
+    csv = data_dir / "train_curated.csv"
+    lines = csv.read_text().splitlines()
+    lines[1] = lines[1].split(",")[0] + ",Bark"
+    csv.write_text("\n".join(lines) + "\n")
+    assert inputs.fingerprint(_paths(data_dir)) != second
+
+
+def test_fingerprint_names_what_is_missing(tmp_path, data):
+    data_dir, _ = data
+    with pytest.raises(ValueError, match="the audio folder .*nowhere does not exist"):
+        inputs.fingerprint(inputs.resolve(str(data_dir), inputs.AudioExampleGenConfig(audio_dir="nowhere")))
+    with pytest.raises(ValueError, match="the CSV"):
+        inputs.fingerprint(_paths(tmp_path / "empty"))
+
+
+def test_config_paths_are_relative_to_the_data_folder_unless_absolute(tmp_path):
+    cfg = inputs.AudioExampleGenConfig(csv="lists/a.csv", audio_dir="/mnt/clips", labels="gs://b/labels.txt")
+    p = inputs.resolve("/data/fat", cfg)
+    assert (p.csv, p.audio_dir, p.labels) == ("/data/fat/lists/a.csv", "/mnt/clips", "gs://b/labels.txt")
+    with pytest.raises(ValueError, match="invalid FeatureConfig"):
+        inputs.parse_config("features { n_mels: 0 }")
+
+
+def test_driver_adds_the_fingerprint_before_the_cache_lookup(data):
+    from tfx.orchestration.portable import data_types
+    from tfx.types import standard_artifacts
+
+    data_dir, _ = data
+    props = {inputs.DATA_DIR: str(data_dir), inputs.CONFIG: ""}
+    out = Driver(None).run(data_types.ExecutionInfo(exec_properties=props,
+                                                    output_dict={"examples": [standard_artifacts.Examples()]}))
+    expected = inputs.fingerprint(_paths(data_dir))
+    assert out.exec_properties[inputs.FINGERPRINT].string_value == expected
+    assert out.exec_properties[inputs.DATA_DIR].string_value == str(data_dir)
+    art = out.output_artifacts["examples"].artifacts[0]
+    assert art.custom_properties[inputs.FINGERPRINT].string_value == expected
+
+
+def _run_executor(data_dir, out_dir, **cfg_fields):
+    from tfx.types import standard_artifacts
+
+    cfg = inputs.AudioExampleGenConfig(**cfg_fields)
+    cfg.features.CopyFrom(config.feature_config("small"))
+    examples = standard_artifacts.Examples()
+    examples.uri = str(out_dir)
+    os.makedirs(out_dir)       # as TFX's launcher does before the executor runs
+    ctx = executor.Executor.Context(beam_pipeline_args=BEAM_ARGS)
+    executor.Executor(ctx).Do({}, {"examples": [examples]},
+                              {inputs.DATA_DIR: str(data_dir), inputs.CONFIG: inputs.config_text(cfg),
+                               inputs.FINGERPRINT: "sha256:test"})
+    return examples
+
+
+@pytest.mark.slow
+def test_executor_writes_an_examples_artifact_that_tfx_readers_accept(data, tmp_path):
+    from tfx.components.util import tfxio_utils
+    from tfx.types import artifact_utils
+
+    data_dir, expected = data
+    examples = _run_executor(data_dir, tmp_path / "examples", eval_ratio=0.3, max_error_ratio=0.5)
+    out = tmp_path / "examples"
+    assert sorted(os.listdir(out)) == ["Split-eval", "Split-train", "dead_letters.jsonl", "labels.txt",
+                                       "manifest.json"]
+    for split in ("Split-train", "Split-eval"):
+        files = os.listdir(out / split)
+        assert files and all(f.endswith(".tfrecord.gz") for f in files), files
+    assert artifact_utils.decode_split_names(examples.split_names) == ["train", "eval"]
+    assert examples.get_string_custom_property("payload_format") == "FORMAT_TF_EXAMPLE"
+    assert examples.get_string_custom_property("file_format") == "tfrecords_gzip"
+    assert examples.get_string_custom_property("input_fingerprint") == "sha256:test"
+    assert examples.get_string_custom_property("data_dir") == str(data_dir)
+    bad = expected["expected_dead"]
+    assert examples.get_int_custom_property("dead_letters") == len(bad)
+    assert examples.get_int_custom_property("written") == len(expected["train"])
+    assert examples.get_int_custom_property("input_rows") == len(expected["train"]) + len(bad)
+    assert json.loads(examples.get_string_custom_property("failed_by_reason")) == {
+        r: list(bad.values()).count(r) for r in set(bad.values())}
+    manifest = json.loads((out / "manifest.json").read_text())
+    # TFX's reader for the artifact (payload and file format from its properties) sees every example
+    for split in ("train", "eval"):
+        tfxio = tfxio_utils.get_split_tfxio([examples], split, telemetry_descriptors=["test"])
+        with beam.Pipeline(runner="FnApiRunner") as p:
+            rows = (p | tfxio.BeamSource() | beam.Map(lambda rb: rb.num_rows) | beam.CombineGlobally(sum))
+            assert_that(rows, equal_to([manifest["counts"]["per_split"][split]]))
+
+
+@pytest.mark.slow
+def test_executor_fails_above_max_error_ratio_and_keeps_the_report(data, tmp_path):
+    data_dir, expected = data
+    with pytest.raises(executor.ExampleGenError, match=r"rows failed \(error ratio 0\.429 > --max_error_ratio 0\.05\)"):
+        _run_executor(data_dir, tmp_path / "AudioExampleGen" / "examples" / "7", max_error_ratio=0.05)
+    kept = tmp_path / "AudioExampleGen" / "failed" / "7"    # TFX removes the failed execution's output
+    manifest = json.loads((kept / "manifest.json").read_text())
+    assert manifest["status"] == "failed"
+    letters = (kept / "dead_letters.jsonl").read_text().splitlines()
+    assert len(letters) == len(expected["expected_dead"])

@@ -1,0 +1,313 @@
+"""The TFX pipeline end to end through `fatp-pipeline` (LocalDagRunner, ML Metadata in SQLite,
+caching), on generated data with the small presets: a run that blesses and pushes, a cached
+rerun, a run that is refused and pushes nothing, changed data, a run killed during training and
+resumed, lineage, bad input; and the same pipeline compiled for Kubeflow V2.
+
+The runs of one pipeline root build on each other (cache, baseline), so they are module fixtures
+that run in order: first -> again (the model meets itself as baseline) -> cached -> refused ->
+changed data.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from pipeline.data import demo_data
+from pipeline.orchestration import run_local as local_runner
+from pipeline.orchestration import run_report
+
+pytestmark = pytest.mark.slow
+
+from tests import REPO
+NAME = "fat-test"
+
+
+def _flags(root, data, **over) -> list[str]:
+    """fatp-pipeline flags: small presets, 2 epochs. The data hold 40 labelled clips + the 9 bad rows
+    of the demo generator (18%), so max_error_ratio is raised to 0.3 for the runs to go through and
+    report their dead letters; the bad-input test sets it back to 0.05."""
+    opts = {"data_dir": data, "pipeline_root": root / "pipeline", "serving_root": root / "serving",
+            "pipeline_name": NAME, "feature_preset": "small", "trainer_preset": "small", "epochs": 2,
+            "eval_ratio": 0.3, "max_error_ratio": 0.3, **over}
+    return [x for k, v in opts.items() for x in (f"--{k}", str(v))]
+
+
+def _pipeline(capsys, root, data, **over):
+    rc = local_runner.run(_flags(root, data, **over))
+    out, err = capsys.readouterr()
+    store = run_report.open_store(str(root / "pipeline" / "metadata.sqlite"))
+    run_id = run_report.latest_run_id(store, NAME)
+    runs = {r.component: r for r in run_report.component_runs(store, NAME, run_id)} if run_id else {}
+    return rc, out, err, store, runs
+
+
+def _tree(path):
+    return sorted(os.path.relpath(os.path.join(d, f), path) for d, _, fs in os.walk(path) for f in fs)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tfx")
+    demo_data.generate(str(root / "data"), train=40, test=4, seed=1, broken=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def first(root):
+    with pytest.MonkeyPatch.context() as mp, _Capture() as cap:
+        mp.delenv("TF_CONFIG", raising=False)
+        result = _pipeline(cap, root, root / "data", min_lwlrap=0)
+    return result
+
+
+class _Capture:
+    """capsys for module fixtures: redirect stdout/stderr to files while a run prints its report."""
+
+    def __enter__(self):
+        import tempfile
+        self._saved = sys.stdout, sys.stderr
+        self._out, self._err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        sys.stdout, sys.stderr = self._out, self._err
+        return self
+
+    def readouterr(self):
+        texts = []
+        for f in (self._out, self._err):
+            f.seek(0)
+            texts.append(f.read())
+            f.seek(0)
+            f.truncate()
+        return tuple(texts)
+
+    def __exit__(self, *exc):
+        sys.stdout, sys.stderr = self._saved
+
+
+@pytest.fixture(scope="module")
+def again(root, first):
+    before = _tree(root / "serving")
+    with _Capture() as cap:
+        result = _pipeline(cap, root, root / "data", min_lwlrap=0)
+    return result, before
+
+
+@pytest.fixture(scope="module")
+def cached(root, again):
+    before = _tree(root / "serving")
+    with _Capture() as cap:
+        result = _pipeline(cap, root, root / "data", min_lwlrap=0)
+    return result, before
+
+
+@pytest.fixture(scope="module")
+def refused(root, cached):
+    before = _tree(root / "serving")
+    with _Capture() as cap:
+        result = _pipeline(cap, root, root / "data", min_lwlrap=1.01)    # lwlrap <= 1: out of reach
+    return result, before
+
+
+def test_first_run_blesses_and_pushes_a_model_that_scores(root, first):
+    rc, out, err, store, runs = first
+    assert rc == 0, err[-3000:]
+    assert set(runs) == {"AudioExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Trainer",
+                         "latest_blessed_model_resolver", "Evaluator", "Pusher"}
+    assert all(r.state == "COMPLETE" for r in runs.values()), {c: r.state for c, r in runs.items()}
+    blessing = runs["Evaluator"].outputs["blessing"][0]
+    assert run_report.prop(blessing, "blessed") == 1
+    assert os.path.exists(os.path.join(blessing.uri, "BLESSED"))
+    pushed = runs["Pusher"].outputs["pushed_model"][0]
+    assert run_report.prop(pushed, "pushed") == 1
+    versions = os.listdir(root / "serving" / "fat_tagger")
+    assert len(versions) == 1 and versions[0].isdigit()
+    version_dir = root / "serving" / "fat_tagger" / versions[0]
+    assert run_report.prop(pushed, "pushed_destination") == str(version_dir)
+    # the report names the outcome, the figures and the pushed path
+    assert "BLESSED" in out and f"pushed {version_dir}" in out and "baseline none" in out
+    assert "9 dead letters" in out and "unsafe_path 1" in out
+    # the pushed SavedModel scores the eval examples exactly as the Trainer's model does
+    import tensorflow as tf
+
+    examples = runs["AudioExampleGen"].outputs["examples"][0]
+    eval_dir = os.path.join(examples.uri, "Split-eval")
+    batch = [r.numpy() for f in sorted(os.listdir(eval_dir))
+             for r in tf.data.TFRecordDataset(os.path.join(eval_dir, f), compression_type="GZIP")]
+    from tests.serving_loader import ServedModel
+
+    served = ServedModel(str(version_dir))        # loaded the way TF Serving loads it
+    pushed_scores = served.run("serving_default", examples=np.array(batch, dtype=object))["scores"]
+    served.close()
+    trained_dir = os.path.join(runs["Trainer"].outputs["model"][0].uri, "Format-Serving")
+    trained_scores = tf.saved_model.load(trained_dir).signatures["serving_default"](
+        examples=tf.constant(batch))["scores"].numpy()
+    assert os.path.exists(os.path.join(version_dir, "assets.extra", "tf_serving_warmup_requests"))
+    assert pushed_scores.shape == (len(batch), 80)
+    np.testing.assert_allclose(pushed_scores, trained_scores, atol=1e-6)
+    # and the Evaluator's lwlrap is the lwlrap of those scores
+    from pipeline.metrics.lwlrap import lwlrap
+
+    truth = np.zeros(pushed_scores.shape, dtype=bool)
+    for i, raw in enumerate(batch):
+        truth[i, list(tf.train.Example.FromString(raw).features.feature["labels"].int64_list.value)] = True
+    evaluated = run_report.evaluation_metrics(runs["Evaluator"].outputs["evaluation"][0].uri)
+    assert abs(evaluated["candidate"] - lwlrap(truth, pushed_scores)) < 1e-5
+
+
+def test_first_rerun_meets_its_own_blessing_as_baseline_and_pushes_nothing_new(root, first, again):
+    """TFX semantics: after the first blessing, LatestBlessedModelStrategy hands the Evaluator a
+    baseline it did not have, so the Evaluator (and Pusher) run again; the Pusher sees that model
+    already served and copies nothing."""
+    (rc, out, err, _, runs), serving_before = again
+    assert rc == 0, err[-3000:]
+    for upstream in ("AudioExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Trainer"):
+        assert runs[upstream].state == "CACHED", (upstream, runs[upstream].state)
+    model = first[4]["Trainer"].outputs["model"][0]
+    assert [m.id for m in runs["Evaluator"].inputs["baseline_model"]] == [model.id]
+    assert run_report.prop(runs["Evaluator"].outputs["blessing"][0], "blessed") == 1
+    pushed = runs["Pusher"].outputs["pushed_model"][0]
+    assert run_report.prop(pushed, "pushed") == 1 and run_report.prop(pushed, "reused_version") == 1
+    assert run_report.prop(pushed, "pushed_destination") == run_report.prop(
+        first[4]["Pusher"].outputs["pushed_model"][0], "pushed_destination")
+    assert _tree(root / "serving") == serving_before
+    assert "already serving" in out
+
+
+def test_rerun_with_unchanged_inputs_is_served_from_the_cache(root, cached):
+    (rc, out, err, _, runs), serving_before = cached
+    assert rc == 0, err[-3000:]
+    states = {c: r.state for c, r in runs.items() if c != "latest_blessed_model_resolver"}
+    assert set(states) == {"AudioExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Trainer",
+                           "Evaluator", "Pusher"}
+    assert set(states.values()) == {"CACHED"}, states
+    assert _tree(root / "serving") == serving_before
+
+
+def test_a_model_under_the_bar_is_not_blessed_and_not_pushed(root, first, refused):
+    (rc, out, err, _, runs), serving_before = refused
+    assert rc == 0, err[-3000:]       # the gate working is not a failure of the run
+    for upstream in ("AudioExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Trainer"):
+        assert runs[upstream].state == "CACHED"
+    assert runs["Evaluator"].state == "COMPLETE" and runs["Pusher"].state == "COMPLETE"
+    # the baseline is the first run's blessed model (here the same model: the Trainer was cached)
+    first_model = first[4]["Trainer"].outputs["model"][0]
+    assert [m.id for m in runs["Evaluator"].inputs["baseline_model"]] == [first_model.id]
+    blessing = runs["Evaluator"].outputs["blessing"][0]
+    assert run_report.prop(blessing, "blessed") == 0
+    assert run_report.prop(blessing, "baseline_model_id") == first_model.id
+    assert os.path.exists(os.path.join(blessing.uri, "NOT_BLESSED"))
+    assert run_report.prop(runs["Pusher"].outputs["pushed_model"][0], "pushed") == 0
+    assert "NOT BLESSED" in out and "not pushed" in out
+    assert _tree(root / "serving") == serving_before
+
+
+def test_pushed_model_traces_back_to_the_data_folder(root, first):
+    _, _, _, store, runs = first
+    pushed = runs["Pusher"].outputs["pushed_model"][0]
+    chain = run_report.lineage(store, pushed.id)
+    by_type = {store.get_execution_types_by_id([ex.type_id])[0].name.rsplit(".", 1)[-1]: (ex, ins)
+               for ex, ins in chain}
+    pusher_inputs = by_type["Pusher"][1]
+    assert [a.id for a in pusher_inputs["model"]] == [runs["Trainer"].outputs["model"][0].id]
+    assert [a.id for a in pusher_inputs["model_blessing"]] == [runs["Evaluator"].outputs["blessing"][0].id]
+    examples = runs["AudioExampleGen"].outputs["examples"][0]
+    assert [a.id for a in by_type["Trainer"][1]["examples"]] == [examples.id]
+    assert [a.id for a in by_type["Evaluator"][1]["examples"]] == [examples.id]
+    example_gen = by_type["AudioExampleGen"][0]
+    assert run_report.prop(example_gen, "data_dir") == str(root / "data")
+    assert run_report.prop(example_gen, "input_fingerprint").startswith("sha256:")
+    assert run_report.prop(examples, "input_fingerprint") == run_report.prop(example_gen, "input_fingerprint")
+
+
+def test_changed_data_is_a_cache_miss_and_is_judged_against_the_baseline(root, refused):
+    data = root / "data"
+    extra = data / "train_curated" / "added.wav"
+    shutil.copy(data / "train_curated" / "tr00001.wav", extra)
+    with open(data / "train_curated.csv", "a") as f:
+        f.write("added.wav,Bark\n")
+    with _Capture() as cap:
+        rc, out, err, _, runs = _pipeline(cap, root, data, min_lwlrap=0, baseline_tolerance=1)
+    assert rc == 0, err[-3000:]
+    assert runs["AudioExampleGen"].state == "COMPLETE" and runs["Trainer"].state == "COMPLETE"
+    examples = runs["AudioExampleGen"].outputs["examples"][0]
+    assert run_report.prop(examples, "input_rows") == 40 + 9 + 1
+    assert run_report.evaluation_metrics(runs["Evaluator"].outputs["evaluation"][0].uri)["baseline"] is not None
+    assert len(os.listdir(root / "serving" / "fat_tagger")) == 2
+
+
+def test_a_run_killed_during_training_resumes_with_the_finished_components(tmp_path):
+    data = tmp_path / "data"
+    demo_data.generate(str(data), train=40, test=4, seed=2, broken=False)
+    args = [sys.executable, "-m", "pipeline.orchestration.run_local", *_flags(tmp_path, data, epochs=40, min_lwlrap=0)]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("TF_CONFIG", None)
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    model_run = tmp_path / "pipeline" / "Trainer" / "model_run"
+    deadline = time.time() + 600
+    try:   # wait until Keras is fitting (TensorBoard's log folder appears), then kill the whole run
+        while not any((d / "logs").exists() for d in (model_run.iterdir() if model_run.exists() else [])):
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert time.time() < deadline, "the Trainer never started"
+            time.sleep(0.5)
+        time.sleep(2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (tmp_path / "serving").exists()
+    store = run_report.open_store(str(tmp_path / "pipeline" / "metadata.sqlite"))
+    killed = {r.component: r.state for r in run_report.component_runs(store, NAME, run_report.latest_run_id(store, NAME))}
+    assert killed["AudioExampleGen"] == "COMPLETE" and killed["Trainer"] == "RUNNING", killed
+    done_before = {c for c, s in killed.items() if s == "COMPLETE" and c != "latest_blessed_model_resolver"}
+
+    rerun = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    store = run_report.open_store(str(tmp_path / "pipeline" / "metadata.sqlite"))
+    resumed = {r.component: r.state for r in run_report.component_runs(store, NAME, run_report.latest_run_id(store, NAME))}
+    assert {c: resumed[c] for c in done_before} == {c: "CACHED" for c in done_before}, resumed
+    assert resumed["Trainer"] == "COMPLETE" and resumed["Pusher"] == "COMPLETE"
+    assert len(os.listdir(tmp_path / "serving" / "fat_tagger")) == 1
+
+
+def test_bad_input_above_max_error_ratio_fails_the_example_gen_and_nothing_downstream_runs(root, tmp_path, capsys):
+    rc = local_runner.run(_flags(tmp_path, root / "data", max_error_ratio=0.05))
+    assert rc == 1
+    store = run_report.open_store(str(tmp_path / "pipeline" / "metadata.sqlite"))
+    runs = {r.component: r for r in run_report.component_runs(store, NAME, run_report.latest_run_id(store, NAME))}
+    assert runs["AudioExampleGen"].state == "FAILED"
+    assert not set(runs) & {"StatisticsGen", "SchemaGen", "ExampleValidator", "Trainer", "Evaluator", "Pusher"}
+    assert not (tmp_path / "serving").exists()
+    # TFX removes a failed execution's outputs; the report of what was wrong is kept beside them
+    kept = tmp_path / "pipeline" / "AudioExampleGen" / "failed" / str(runs["AudioExampleGen"].execution.id)
+    manifest = json.loads((kept / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["counts"]["failed"] == 9
+    assert "max_error_ratio 0.05" in manifest["status_reason"]
+    assert len((kept / "dead_letters.jsonl").read_text().splitlines()) == 9
+    err = capsys.readouterr().err
+    assert "FAILED: ExampleGenError" in err and f"report kept in {kept}" in err and "'unsafe_path': 1" in err
+
+
+def test_the_same_pipeline_compiles_for_kubeflow_v2(tmp_path):
+    from components.audio_example_gen import inputs
+    from pipeline.orchestration import kubeflow
+    from pipeline.orchestration import tfx_pipeline
+
+    pipeline = tfx_pipeline.create_pipeline(
+        pipeline_name=NAME, pipeline_root="gs://bucket/root", data_dir="gs://bucket/fat2019",
+        serving_root="gs://bucket/serving", example_gen_config=inputs.AudioExampleGenConfig())
+    path = kubeflow.compile_pipeline(pipeline, str(tmp_path / "pipeline.json"))
+    spec = json.load(open(path))["pipelineSpec"]
+    executors = spec["deploymentSpec"]["executors"]
+    containers = {k.rsplit("_executor", 1)[0]: v["container"] for k, v in executors.items() if "container" in v}
+    assert set(containers) == {"AudioExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Trainer",
+                               "Evaluator", "Pusher"}
+    assert {c["image"] for c in containers.values()} == {kubeflow.DEFAULT_IMAGE}
+    text = json.dumps(spec)
+    assert "pipeline.training.train.run_fn" in text and "components.audio_example_gen.executor.Executor" in text
+    assert "--runner=FnApiRunner" in " ".join(containers["AudioExampleGen"]["args"])
+    assert "gs://bucket/fat2019" in text
