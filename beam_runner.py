@@ -17,7 +17,7 @@ import sys
 # process only, as if not installed: TFX components and training import it as usual.
 sys.modules.setdefault("keras", None)
 
-from pipeline.beam.feature_job import main  # noqa: E402
+from pipeline.beam.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

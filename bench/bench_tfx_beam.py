@@ -3,8 +3,8 @@
     .ci/inenv python bench/bench_tfx_beam.py [--data_dir DIR] [--rounds 2] [--epochs 5]
 
 "processes" and "threads": FnApiRunner with one worker per usable core, in multi_processing or
-multi_threading mode (tfx_pipeline.default_beam_pipeline_args picks threads up to
-job.MAX_THREAD_WORKERS workers, as the feature job). Each round runs the whole local pipeline
+multi_threading mode (pipeline.beam.runners.runner_flags picks threads up to
+runners.MAX_THREAD_WORKERS workers, as the feature job). Each round runs the whole local pipeline
 (`fatp-pipeline --no_cache`, small features, the demo data unless --data_dir) once per mode,
 alternating, and reads each component's wall time from ML Metadata (execution created -> last
 updated). Results: stdout and bench/out/tfx_beam.json.
@@ -29,9 +29,9 @@ BEAM_COMPONENTS = ("AudioExampleGen", "StatisticsGen", "Evaluator")
 
 
 def modes() -> dict[str, list[str]]:
-    from pipeline.beam import feature_job as job
+    from pipeline.beam import runners
 
-    common = [f"--runner={job.LOCAL_RUNNER}", f"--direct_num_workers={job.usable_cores()}"]
+    common = [f"--runner={runners.LOCAL_RUNNER}", f"--direct_num_workers={runners.usable_cores()}"]
     return {"processes": common + ["--direct_running_mode=multi_processing"],
             "threads": common + ["--direct_running_mode=multi_threading"]}
 

@@ -7,6 +7,11 @@ so the Beam job, the input pipeline and the serving graph cannot disagree.
 
 TrainerConfig (proto/trainer_config.proto) carries the project's measured defaults; its "seed"
 preset is the Kaggle kernel's recipe and "small" a tiny model for tests.
+
+The other stages' configs live here too, so there is one place to look: ServingConfig (the
+export's request limits, proto/serving_config.proto), BlessingConfig (the Evaluator's bar,
+proto/evaluator_config.proto) and AudioExampleGenConfig (the feature job inside TFX,
+proto/example_gen_config.proto).
 """
 from __future__ import annotations
 
@@ -14,11 +19,15 @@ import json
 
 from google.protobuf import json_format, text_format
 
-from pipeline.protos import feature_config_pb2, trainer_config_pb2
+from pipeline.protos import (evaluator_config_pb2, example_gen_config_pb2, feature_config_pb2, serving_config_pb2,
+                             trainer_config_pb2)
 
 FeatureConfig = feature_config_pb2.FeatureConfig
 TrainerConfig = trainer_config_pb2.TrainerConfig
 AugmentConfig = trainer_config_pb2.AugmentConfig
+ServingConfig = serving_config_pb2.ServingConfig
+BlessingConfig = evaluator_config_pb2.BlessingConfig
+AudioExampleGenConfig = example_gen_config_pb2.AudioExampleGenConfig
 
 _SMALL = """
 sample_rate: 16000
@@ -80,7 +89,7 @@ def trainer_config(preset: str = "default", overrides: str = "") -> TrainerConfi
 
 def load_text(path: str, preset: str = "seed") -> FeatureConfig:
     """A FeatureConfig from a .pbtxt file, merged over `preset`."""
-    from pipeline.data.job_output import read_text
+    from pipeline.fileio import read_text
 
     return feature_config(preset, read_text(path))
 
@@ -144,6 +153,16 @@ def validate_trainer(cfg: TrainerConfig) -> None:
         problems.append("augment.freq_warp must be in [0, 0.5)")
     if problems:
         raise ValueError("invalid TrainerConfig: " + "; ".join(problems))
+
+
+def example_gen_config(text: str = "") -> AudioExampleGenConfig:
+    """The Audio ExampleGen's config from its text proto, its feature config checked."""
+    try:
+        cfg = text_format.Parse(text or "", AudioExampleGenConfig())
+    except text_format.ParseError as e:
+        raise ValueError(f"invalid AudioExampleGenConfig text proto: {e}") from None
+    validate(cfg.features)
+    return cfg
 
 
 def to_text(cfg) -> str:

@@ -61,13 +61,13 @@ def train_examples(tmp_path_factory):
     Fields: root, data (the Kaggle layout), out (the examples dir), manifest, labels (labels.txt),
     csv_labels ({fname: sorted label indices} from train_curated.csv), records (_read_examples)."""
     from pipeline.data import demo_data
-    from pipeline.beam import feature_job as job
+    from pipeline.beam import cli
     from pipeline.data import job_output as output
 
     root = tmp_path_factory.mktemp("train_examples")
     data, out = root / "data", root / "examples"
     demo_data.generate(str(data), train=64, test=8, seed=0, broken=False)
-    rc = job.run(["--data_dir", str(data), "--output_dir", str(out), "--preset", "small", "--eval_ratio", "0.25",
+    rc = cli.run(["--data_dir", str(data), "--output_dir", str(out), "--preset", "small", "--eval_ratio", "0.25",
                   "--log_level", "WARNING"])
     assert rc == 0
     manifest = output.require_complete(str(out))

@@ -15,6 +15,7 @@ from tfx.types import channel, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
 from components.audio_example_gen import driver, executor, inputs
+from pipeline import config as config_lib
 
 
 class AudioExampleGenSpec(ComponentSpec):
@@ -31,11 +32,11 @@ class AudioExampleGen(base_beam_component.BaseBeamComponent):
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
     DRIVER_CLASS = driver.Driver
 
-    def __init__(self, data_dir: str, config: inputs.AudioExampleGenConfig | None = None):
+    def __init__(self, data_dir: str, config: config_lib.AudioExampleGenConfig | None = None):
         """data_dir: the Kaggle layout's root (local path, gs:// or s3://); config: what to read
         inside it and how (defaults: train_curated.csv, train_curated/, sample_submission.csv,
         the seed's features, 10% eval)."""
-        cfg = config if config is not None else inputs.AudioExampleGenConfig()
-        inputs.parse_config(inputs.config_text(cfg))      # fail at pipeline construction, not at run time
-        super().__init__(spec=AudioExampleGenSpec(data_dir=data_dir, config=inputs.config_text(cfg),
+        cfg = config if config is not None else config_lib.AudioExampleGenConfig()
+        config_lib.validate(cfg.features)       # fail at pipeline construction, not at run time
+        super().__init__(spec=AudioExampleGenSpec(data_dir=data_dir, config=config_lib.to_text(cfg),
                                                   examples=channel.Channel(type=standard_artifacts.Examples)))

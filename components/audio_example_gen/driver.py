@@ -24,6 +24,7 @@ from tfx.orchestration.portable import data_types as portable_data_types
 from tfx.proto.orchestration import driver_output_pb2
 
 from components.audio_example_gen import inputs
+from pipeline import config as config_lib
 
 log = logging.getLogger(__name__)
 EXAMPLES = "examples"
@@ -38,7 +39,7 @@ class Driver(base_driver.BaseDriver, ir_base_driver.BaseDriver):
 
     def run(self, execution_info: portable_data_types.ExecutionInfo) -> driver_output_pb2.DriverOutput:
         props = dict(execution_info.exec_properties)
-        paths = inputs.resolve(props[inputs.DATA_DIR], inputs.parse_config(props.get(inputs.CONFIG, "")))
+        paths = inputs.resolve(props[inputs.DATA_DIR], config_lib.example_gen_config(props.get(inputs.CONFIG, "")))
         props[inputs.FINGERPRINT] = inputs.fingerprint(paths)
         log.info("input fingerprint of %s: %s", props[inputs.DATA_DIR], props[inputs.FINGERPRINT])
         result = driver_output_pb2.DriverOutput()

@@ -25,6 +25,8 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils
 
 from components.audio_example_gen import inputs
+from pipeline import config as config_lib
+from pipeline import fileio
 from pipeline.beam import feature_job as job
 from pipeline.data import job_output as output
 
@@ -40,8 +42,8 @@ class ExampleGenError(RuntimeError):
     """The feature job finished but its output must not be used (see the manifest)."""
 
 
-def _deflate(cfg: inputs.AudioExampleGenConfig) -> str:
-    return inputs.AudioExampleGenConfig.Deflate.Name(cfg.deflate).lower()   # FAST -> "fast"
+def _deflate(cfg: config_lib.AudioExampleGenConfig) -> str:
+    return config_lib.AudioExampleGenConfig.Deflate.Name(cfg.deflate).lower()   # FAST -> "fast"
 
 
 def _keep_report(uri: str) -> str:
@@ -63,7 +65,7 @@ def _keep_report(uri: str) -> str:
 class Executor(base_beam_executor.BaseBeamExecutor):
     def Do(self, input_dict, output_dict, exec_properties) -> None:
         self._log_startup(input_dict, output_dict, exec_properties)
-        cfg = inputs.parse_config(exec_properties.get(inputs.CONFIG, ""))
+        cfg = config_lib.example_gen_config(exec_properties.get(inputs.CONFIG, ""))
         data_dir = exec_properties[inputs.DATA_DIR]
         paths = inputs.resolve(data_dir, cfg)
         examples = artifact_utils.get_single_instance(output_dict[EXAMPLES])
@@ -78,7 +80,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             job.build(p, spec)
         manifest = output.read_manifest(examples.uri)
         if manifest is None:
-            raise ExampleGenError(f"the feature job finished without writing {output.join(examples.uri, output.MANIFEST)}")
+            raise ExampleGenError(f"the feature job finished without writing {fileio.join(examples.uri, output.MANIFEST)}")
         counts = manifest["counts"]
         log.info("Audio ExampleGen: %d rows -> %d examples %s, %d dead letters %s", counts["input_rows"],
                  counts["written"], counts["per_split"], counts["failed"], counts["failed_by_reason"])

@@ -1,5 +1,5 @@
-"""What the Audio ExampleGen reads: its config, the paths it resolves inside the data folder, and
-a fingerprint of those inputs for TFX's cache key.
+"""What the Audio ExampleGen reads: the paths its config (pipeline.config.AudioExampleGenConfig)
+resolves inside the data folder, and a fingerprint of those inputs for TFX's cache key.
 
 Shared by the driver (which fingerprints the inputs before the cache lookup) and the executor (which
 runs the job on the same paths), so the two cannot disagree about what "the data" is.
@@ -10,12 +10,8 @@ import hashlib
 from dataclasses import dataclass
 
 from apache_beam.io.filesystems import FileSystems
-from google.protobuf import text_format
 
-from pipeline import config as config_lib
-from pipeline.protos import example_gen_config_pb2
-
-AudioExampleGenConfig = example_gen_config_pb2.AudioExampleGenConfig
+from pipeline.config import AudioExampleGenConfig
 
 # exec property names (component spec parameters, plus the one the driver adds)
 DATA_DIR = "data_dir"
@@ -28,17 +24,6 @@ class InputPaths:
     csv: str
     audio_dir: str
     labels: str
-
-
-def parse_config(text: str) -> AudioExampleGenConfig:
-    """The component's text-proto config, with its feature config checked."""
-    cfg = text_format.Parse(text or "", AudioExampleGenConfig())
-    config_lib.validate(cfg.features)
-    return cfg
-
-
-def config_text(cfg: AudioExampleGenConfig) -> str:
-    return text_format.MessageToString(cfg)
 
 
 def _under(data_dir: str, path: str) -> str:

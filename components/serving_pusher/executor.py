@@ -22,6 +22,8 @@ from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
 
+from pipeline import saved_model_layout as layout
+
 log = logging.getLogger(__name__)
 FINGERPRINT = "fingerprint.pb"
 REUSED = "reused_version"
@@ -29,10 +31,8 @@ REUSED = "reused_version"
 
 def newest_version(base_directory: str) -> str | None:
     """The highest numeric version folder under a TF Serving model directory."""
-    if not fileio.isdir(base_directory):
-        return None
-    versions = [d.rstrip("/") for d in fileio.listdir(base_directory) if d.rstrip("/").isdigit()]
-    return os.path.join(base_directory, max(versions, key=int)) if versions else None
+    newest = layout.newest_version(fileio.listdir(base_directory)) if fileio.isdir(base_directory) else None
+    return os.path.join(base_directory, newest) if newest else None
 
 
 def same_saved_model(a: str, b: str) -> bool:

@@ -35,7 +35,7 @@ Create/GroupByKey/Flatten/Reshuffle) and replaces its translation:
 Limits, as Beam's: bounded pipelines in the global window only (anything else is refused, not
 run wrongly); Beam metrics are not collected (`result.metrics()` raises). A run starts its own
 `distributed.LocalCluster` with `--dask_local_workers N` (N processes, one thread each), or when
-neither `--dask_client_address` nor `--dask_scheduler_file` is given (one worker per core).
+neither `--dask_client_address` nor `--dask_scheduler_file` is given (one worker per usable core).
 """
 from __future__ import annotations
 
@@ -382,9 +382,9 @@ class DaskRunner(beam_dask.DaskRunner):
         local_workers = options.view_as(DaskClusterOptions).dask_local_workers
         cluster = None
         if not (dask_options.get("address") or dask_options.get("scheduler_file")):
-            from pipeline.beam.feature_job import usable_cores
+            import dask.system
 
-            workers = local_workers or usable_cores()
+            workers = local_workers or dask.system.CPU_COUNT    # dask's count: affinity and cgroup quotas
             cluster = start_local_cluster(workers)
             dask_options["address"] = cluster
             log.info("started a dask LocalCluster of %d worker processes", workers)

@@ -22,10 +22,10 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms import window
 from apache_beam.utils.windowed_value import WindowedValue
 
+from pipeline import fileio
 from pipeline.features import audio
 from pipeline.data import example_schema as examples
 from pipeline.data import kaggle_layout
-from pipeline.data import job_output as output
 from pipeline.data import tfrecord
 from pipeline import config as config_lib
 
@@ -58,7 +58,7 @@ class _ParseRows(beam.DoFn):
         self._vocabulary = vocabulary
 
     def process(self, csv_path: str):
-        good, bad = kaggle_layout.parse_rows(output.read_text(csv_path), self._vocabulary)
+        good, bad = kaggle_layout.parse_rows(fileio.read_text(csv_path), self._vocabulary)
         log.info("%s: %d usable rows, %d rejected", csv_path, len(good), len(bad))
         for b in bad:
             yield dead_letter(b.fname, b.line, "csv", b.reason, b.detail)
@@ -83,11 +83,11 @@ def _local_file_problem(path: str, audio_dir: str) -> str | None:
     """Why a local path must not be read: it resolves outside the audio folder (a symlink), or it is
     not a regular file (a FIFO would block the worker, a device file never ends). None when fine
     or when the path is not local (object stores have neither)."""
-    if "://" in path:
+    if not fileio.is_local(path):
         return None
-    real, root = os.path.realpath(path), os.path.realpath(audio_dir)
-    if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
-        return f"resolves to {real}, outside the audio folder {root}"
+    real = os.path.realpath(path)
+    if not fileio.is_within(real, audio_dir):
+        return f"resolves to {real}, outside the audio folder {os.path.realpath(audio_dir)}"
     try:
         mode = os.stat(real).st_mode
     except FileNotFoundError:

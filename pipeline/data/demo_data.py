@@ -23,6 +23,8 @@ import os
 import numpy as np
 import soundfile as sf
 
+from pipeline import logs
+
 LABELS = [
     "Accelerating_and_revving_and_vroom", "Accordion", "Acoustic_guitar", "Applause", "Bark", "Bass_drum",
     "Bass_guitar", "Bathtub_(filling_or_washing)", "Bicycle_bell", "Burping_and_eructation", "Bus", "Buzz",
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no_broken", action="store_true", help="leave out the deliberately bad inputs")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logs.setup("INFO")
     generate(args.out, args.train, args.test, args.seed, broken=not args.no_broken)
 
 

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 
 from apache_beam.io.filesystems import FileSystems
+
+from pipeline import fileio
 
 MANIFEST = "manifest.json"
 DEAD_LETTERS = "dead_letters.jsonl"
@@ -28,10 +29,6 @@ log = logging.getLogger(__name__)
 
 class OutputError(RuntimeError):
     """The output directory is not usable for what was asked (exists, unfinished, failed)."""
-
-
-def join(*parts: str) -> str:
-    return FileSystems.join(*parts)
 
 
 # What a run of the job writes, relative to its output directory: split folders of shards (plain,
@@ -46,7 +43,7 @@ def list_files(directory: str) -> list[str]:
     """Every file under `directory`, recursively ([] when it does not exist). A listing error
     raises OutputError: an unreadable folder is never taken for an empty one."""
     try:
-        matches = FileSystems.match([join(directory, "**")])[0].metadata_list
+        matches = FileSystems.match([fileio.join(directory, "**")])[0].metadata_list
     except Exception as e:  # noqa: BLE001 -- Beam wraps every filesystem error in BeamIOError
         raise OutputError(f"cannot list {directory}: {type(e).__name__}: {e}") from None
     return sorted(m.path for m in matches)
@@ -61,57 +58,21 @@ def is_job_file(relative_path: str) -> bool:
     return bool(_JOB_FILE.match(relative_path))
 
 
-def _local_real(path: str) -> str | None:
-    return None if "://" in path else os.path.realpath(path)
-
-
-def _within(inner: str, outer: str) -> bool:
-    a, b = _local_real(inner), _local_real(outer)
-    if (a is None) != (b is None):
-        return False
-    a, b = (a, b) if a is not None else (inner.rstrip("/"), outer.rstrip("/"))
-    return a == b or a.startswith(b.rstrip("/") + "/")
-
-
 def check_separate(directory: str, inputs: list[str]) -> None:
     """Refuse an output directory that contains an input (the job could overwrite or delete its own
     data) or lies inside one (its files would become data on the next run)."""
     for path in inputs:
-        if _within(path, directory):
+        if fileio.is_within(path, directory):
             raise OutputError(f"the output directory {directory} contains the input {path}; choose another one")
-        if _within(directory, path):
+        if fileio.is_within(directory, path):
             raise OutputError(f"the output directory {directory} lies inside the input {path}; choose another one")
 
 
-def read_text(path: str) -> str:
-    """A UTF-8 text file (a BOM is dropped) through Beam's FileSystems, so gs:// or s3:// work."""
-    try:
-        with FileSystems.open(path) as f:
-            return f.read().decode("utf-8-sig")
-    except (OSError, IOError) as e:
-        raise FileNotFoundError(f"cannot read {path}: {e}") from None
-
-
 def read_manifest(directory: str) -> dict | None:
-    path = join(directory, MANIFEST)
+    path = fileio.join(directory, MANIFEST)
     if not FileSystems.exists(path):
         return None
-    with FileSystems.open(path) as f:
-        return json.loads(f.read().decode("utf-8"))
-
-
-def write_text(path: str, text: str) -> None:
-    """Write through a temporary name and a rename, so readers never see half a file."""
-    tmp = path + ".tmp"
-    with FileSystems.create(tmp) as f:
-        f.write(text.encode("utf-8"))
-    if FileSystems.exists(path):
-        FileSystems.delete([path])
-    FileSystems.rename([tmp], [path])
-
-
-def write_json(path: str, obj: dict) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True))
+    return json.loads(fileio.read_bytes(path).decode("utf-8"))
 
 
 def prepare(directory: str, overwrite: bool, inputs: list[str] = ()) -> None:
@@ -138,7 +99,7 @@ def prepare(directory: str, overwrite: bool, inputs: list[str] = ()) -> None:
         raise OutputError(f"{directory} holds {len(files)} files but no manifest.json: an interrupted or "
                           f"foreign run; pass --overwrite to delete them and start again")
     log.warning("--overwrite: deleting %d files under %s", len(files), directory)
-    manifest_path = join(directory, MANIFEST)
+    manifest_path = fileio.join(directory, MANIFEST)
     if manifest_path in files:  # the completion mark goes first, so a crash mid-delete is never "complete"
         FileSystems.delete([manifest_path])
         files.remove(manifest_path)

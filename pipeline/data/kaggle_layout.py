@@ -16,7 +16,7 @@ import io
 import posixpath
 from dataclasses import dataclass, field
 
-from pipeline.data.job_output import read_text
+from pipeline.fileio import read_text
 
 
 @dataclass(frozen=True)

@@ -86,5 +86,3 @@ class TFRecordWriter:
     def __exit__(self, *exc):
         self.close()
 
-
-GzipTFRecordWriter = TFRecordWriter   # the name before plain TFRecords were an option

@@ -197,7 +197,7 @@ class LwlrapAccumulator:
     """Streaming, mergeable lwlrap state: per-class sums of precisions and positive counts.
 
     ``numerator`` is float64 [C], ``count`` int64 [C]; both are plain numpy arrays, so the object
-    pickles cleanly (Beam's accumulator coder) and ``to_dict``/``from_dict`` give a JSON-able form.
+    pickles cleanly (Beam's accumulator coder).
     ``num_classes`` may be left None and is then fixed by the first ``add``.
     """
 
@@ -270,24 +270,6 @@ class LwlrapAccumulator:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(self.count > 0, self.numerator / np.maximum(self.count, 1), np.nan)
 
-    def to_dict(self) -> dict:
-        """JSON-able state: {"num_classes", "numerator", "count"}."""
-        return {
-            "num_classes": self.num_classes,
-            "numerator": [] if self.numerator is None else [float(v) for v in self.numerator],
-            "count": [] if self.count is None else [int(v) for v in self.count],
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "LwlrapAccumulator":
-        out = cls()
-        if d.get("num_classes") is not None:
-            out.numerator = np.asarray(d["numerator"], dtype=np.float64).copy()
-            out.count = np.asarray(d["count"], dtype=np.int64).copy()
-            if out.numerator.shape != (int(d["num_classes"]),) or out.count.shape != out.numerator.shape:
-                raise ValueError("LwlrapAccumulator.from_dict: inconsistent state shapes")
-        return out
-
     def __getstate__(self):
         return (self.numerator, self.count)
 
@@ -300,6 +282,8 @@ class LwlrapAccumulator:
                 f"lwlrap={self.overall():.6f})")
 
 
+# The one-shot forms: what bench/bench_lwlrap.py and bench/quality.py score with, and the public
+# face of the numpy core that the tests hold against scikit-learn's reference.
 def lwlrap(truth, scores) -> float:
     """Overall lwlrap of [n, C] truth and scores (NaN if truth has no positive label)."""
     return LwlrapAccumulator()._add(*_validate(truth, scores)).overall()

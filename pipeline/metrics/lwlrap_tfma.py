@@ -27,14 +27,14 @@ from tensorflow_model_analysis.metrics import metric_types, metric_util
 from tensorflow_model_analysis.proto import config_pb2
 
 from pipeline.metrics.lwlrap import LwlrapAccumulator
-from pipeline.protos import evaluator_config_pb2
+from pipeline import saved_model_layout as layout
+from pipeline.config import BlessingConfig
 
 NAME = "lwlrap"
 LABEL_KEY = "labels"          # pipeline.data.example_schema.LABELS
-PREDICTION_KEY = "scores"     # the serving signatures' output
-SIGNATURE = "serving_default"
+PREDICTION_KEY = layout.SCORES     # the serving signatures' output
+SIGNATURE = layout.SERVING_DEFAULT
 
-BlessingConfig = evaluator_config_pb2.BlessingConfig
 
 
 def multi_hot(indices, num_classes: int) -> np.ndarray:

@@ -15,6 +15,8 @@ import os
 import sys
 
 from pipeline import config as config_lib
+from pipeline import logs
+from pipeline import saved_model_layout as layout
 
 # The project's image as the Dockerfile builds it (`docker build -t fat-audio-pipeline:0.1.0 .`);
 # push it to a registry the cluster can pull from and pass that name with --image.
@@ -35,22 +37,20 @@ def compile_pipeline(pipeline, output_path: str, image: str = DEFAULT_IMAGE) -> 
 def main(argv: list[str] | None = None) -> None:
     from pipeline.orchestration import tfx_pipeline
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logs.quiet_tensorflow()
     ap = argparse.ArgumentParser(prog="fatp-kubeflow", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data_dir", required=True)
     ap.add_argument("--pipeline_root", required=True)
     ap.add_argument("--serving_root", required=True)
     ap.add_argument("--pipeline_name", default=tfx_pipeline.PIPELINE_NAME)
-    ap.add_argument("--model_name", default=tfx_pipeline.MODEL_NAME)
+    ap.add_argument("--model_name", default=layout.MODEL_NAME)
     ap.add_argument("--image", default=DEFAULT_IMAGE, help="container image every step runs in")
     ap.add_argument("--feature_preset", choices=sorted(config_lib.PRESETS), default="seed")
     ap.add_argument("--trainer_preset", choices=sorted(config_lib.TRAINER_PRESETS), default="default")
     ap.add_argument("--output", default="pipeline.json")
     args, beam_args = ap.parse_known_args(argv)
-    from components.audio_example_gen import inputs
-
-    eg = inputs.AudioExampleGenConfig()
+    eg = config_lib.AudioExampleGenConfig()
     eg.features.CopyFrom(config_lib.feature_config(args.feature_preset))
     pipeline = tfx_pipeline.create_pipeline(
         pipeline_name=args.pipeline_name, pipeline_root=args.pipeline_root, data_dir=args.data_dir,

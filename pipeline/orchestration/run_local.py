@@ -18,13 +18,16 @@ import os
 import sys
 import time
 
+from pipeline import fileio
 from pipeline import config as config_lib
-from pipeline.data import job_output as output
+from pipeline import logs
+from pipeline import saved_model_layout as layout
 
 log = logging.getLogger("fatp.pipeline")
 
 
 def arg_parser() -> argparse.ArgumentParser:
+    from pipeline.beam import runners
     from pipeline.orchestration import tfx_pipeline
 
     ap = argparse.ArgumentParser(prog="fatp-pipeline", description=__doc__,
@@ -36,7 +39,7 @@ def arg_parser() -> argparse.ArgumentParser:
     ap.add_argument("--serving_root", default="out/serving",
                     help="the Pusher writes SERVING_ROOT/MODEL_NAME/<version>/ for TensorFlow Serving")
     ap.add_argument("--pipeline_name", default=tfx_pipeline.PIPELINE_NAME)
-    ap.add_argument("--model_name", default=tfx_pipeline.MODEL_NAME)
+    ap.add_argument("--model_name", default=layout.MODEL_NAME)
     ap.add_argument("--metadata", help="ML Metadata SQLite file (default: PIPELINE_ROOT/metadata.sqlite)")
     ap.add_argument("--feature_preset", choices=sorted(config_lib.PRESETS),
                     help="feature parameters: 'seed' = the Kaggle kernel's (636x128, the default), 'small' = fast demo")
@@ -54,36 +57,33 @@ def arg_parser() -> argparse.ArgumentParser:
                     help="bless only if lwlrap >= the last blessed model's - this (default 0.01)")
     ap.add_argument("--no_cache", action="store_true", help="run every component even if a cached result exists")
     ap.epilog = ("Flags not listed here go to every Beam component (beam_pipeline_args), e.g. "
-                 "--direct_num_workers=4 or Dataflow flags; given any, they replace the defaults "
-                 f"({' '.join(tfx_pipeline.default_beam_pipeline_args())}) except the runner.")
+                 "--direct_num_workers=4, --runner=DaskRunner --dask_client_address=HOST:8786, or Dataflow "
+                 "flags; what they leave unset is chosen as for the feature job "
+                 f"(here: {' '.join(runners.runner_flags([]))}).")
     ap.add_argument("--log_level", default="ERROR",
                     help="logging level of TFX, Beam and TensorFlow (INFO shows every step); the report comes regardless")
     return ap
 
 
-def _example_gen_config(args):
-    from google.protobuf import text_format
-
-    from components.audio_example_gen import inputs
-
-    cfg = inputs.parse_config(output.read_text(args.example_gen_config) if args.example_gen_config else "")
+def _example_gen_config(args) -> config_lib.AudioExampleGenConfig:
+    """The ExampleGen's config: --example_gen_config's file, then the flags over it."""
+    cfg = config_lib.example_gen_config(fileio.read_text(args.example_gen_config) if args.example_gen_config else "")
     if args.feature_preset or args.feature_config or not cfg.HasField("features"):
-        overrides = output.read_text(args.feature_config) if args.feature_config else ""
+        overrides = fileio.read_text(args.feature_config) if args.feature_config else ""
         cfg.features.CopyFrom(config_lib.feature_config(args.feature_preset or "seed", overrides))
     if args.eval_ratio is not None:
         cfg.eval_ratio = args.eval_ratio
     if args.max_error_ratio is not None:
         cfg.max_error_ratio = args.max_error_ratio
-    return inputs.parse_config(text_format.MessageToString(cfg))
+    return cfg
 
 
 def build(args, beam_args: list[str]):
     """(pipeline, metadata path) from parsed flags; ValueError on a bad config."""
-    from pipeline.metrics import lwlrap_tfma
     from pipeline.orchestration import tfx_pipeline
 
     local = lambda p: p if "://" in p else os.path.abspath(p)  # noqa: E731 -- MLMD records where data came from
-    blessing = lwlrap_tfma.BlessingConfig()
+    blessing = config_lib.BlessingConfig()
     if args.min_lwlrap is not None:
         blessing.min_lwlrap = args.min_lwlrap
     if args.baseline_tolerance is not None:
@@ -93,14 +93,12 @@ def build(args, beam_args: list[str]):
     if "://" in metadata:
         raise ValueError("--metadata must be a local file (SQLite)")
     os.makedirs(os.path.dirname(os.path.abspath(metadata)), exist_ok=True)
-    if beam_args and not any(a.startswith("--runner") for a in beam_args):
-        beam_args = [a for a in tfx_pipeline.default_beam_pipeline_args() if a.startswith("--runner")] + beam_args
     pipeline = tfx_pipeline.create_pipeline(
         pipeline_name=args.pipeline_name, pipeline_root=local(args.pipeline_root), data_dir=local(args.data_dir),
         serving_root=local(args.serving_root), model_name=args.model_name,
         example_gen_config=_example_gen_config(args), trainer_preset=args.trainer_preset,
         trainer_overrides=overrides, blessing=blessing, metadata_path=os.path.abspath(metadata),
-        beam_pipeline_args=beam_args or None, enable_cache=not args.no_cache)
+        beam_pipeline_args=beam_args, enable_cache=not args.no_cache)
     return pipeline, os.path.abspath(metadata)
 
 
@@ -118,8 +116,7 @@ class _AtLeast(logging.Filter):
 def _quiet(level: str) -> None:
     """TFX, Beam and TensorFlow log every step at INFO; the report at the end is what a user reads
     (the Trainer's per-epoch lines stay: they are the progress of the long step)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logs.setup(logging.INFO)
     for name in ("absl", "apache_beam", "tensorflow", "tfx", "ml_metadata"):
         logging.getLogger(name).setLevel(level.upper())
         logging.getLogger(name).addFilter(_AtLeast(logging.getLevelName(level.upper())))
@@ -158,7 +155,7 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def main() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # before TensorFlow is imported
+    logs.quiet_tensorflow()
     sys.exit(run())
 
 

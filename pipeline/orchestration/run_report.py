@@ -97,7 +97,8 @@ def producer(store, artifact_id: int) -> metadata_store_pb2.Execution | None:
 
 
 def lineage(store, artifact_id: int) -> list[tuple[metadata_store_pb2.Execution, dict]]:
-    """Walk upstream from an artifact: [(producing execution, its inputs by key), ...], breadth first,
+    """(Kept for the lineage the pipeline test checks and the run report will show, issue 20.)
+    Walk upstream from an artifact: [(producing execution, its inputs by key), ...], breadth first,
     each execution once. The last AudioExampleGen in it carries the data folder (exec property
     data_dir) and the fingerprint of what was read there."""
     seen, chain, frontier = set(), [], [artifact_id]

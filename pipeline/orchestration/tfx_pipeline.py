@@ -16,11 +16,12 @@ from __future__ import annotations
 import os
 
 from pipeline import config as config_lib
+from pipeline import saved_model_layout as layout
+from pipeline.beam import runners
 from pipeline.data import example_schema as examples_lib
 from pipeline.metrics import lwlrap_tfma
 
 PIPELINE_NAME = "fat-audio-tagging"
-MODEL_NAME = "fat_tagger"
 RUN_FN = "pipeline.training.train.run_fn"
 # What StatisticsGen describes: the scalar and label features. The mel (81,408 floats a clip with
 # the seed's features) would cost most of the statistics' time and say little a schema can check.
@@ -29,24 +30,11 @@ COMPONENT_IDS = ("AudioExampleGen", "StatisticsGen", "SchemaGen", "ExampleValida
                  "latest_blessed_model_resolver", "Evaluator", "Pusher")
 
 
-def default_beam_pipeline_args(workers: int | None = None) -> list[str]:
-    """Beam flags for the Beam components on this machine.
-
-    The runner is named explicitly (pipeline.beam.feature_job.LOCAL_RUNNER): Beam 2.77's DirectRunner first tries
-    to download and start its Prism runner; FnApiRunner is the Python runner that DirectRunner falls
-    back to, honouring direct_num_workers / direct_running_mode. One worker per usable core
-    (pipeline.beam.feature_job.usable_cores: the CPUs this process may run on), as the feature job: threads of
-    one process up to job.MAX_THREAD_WORKERS workers, processes beyond (bench/bench_tfx_beam.py)."""
-    from pipeline.beam import feature_job as job
-
-    return [f"--runner={job.LOCAL_RUNNER}", *job.local_parallelism([], workers or job.usable_cores())]
-
-
 def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_dir: str, serving_root: str,
-                    model_name: str = MODEL_NAME,
+                    model_name: str = layout.MODEL_NAME,
                     example_gen_config=None,
                     trainer_preset: str = "default", trainer_overrides: str = "",
-                    blessing: lwlrap_tfma.BlessingConfig | None = None,
+                    blessing: config_lib.BlessingConfig | None = None,
                     metadata_path: str | None = None,
                     beam_pipeline_args: list[str] | None = None,
                     enable_cache: bool = True):
@@ -61,7 +49,8 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_dir: str, se
       blessing: BlessingConfig thresholds (min_lwlrap, baseline_tolerance).
       metadata_path: the MLMD SQLite file for local runs (None: no connection config, as for
         Kubeflow, whose orchestrator brings its own).
-      beam_pipeline_args: flags for every Beam component (default: default_beam_pipeline_args()).
+      beam_pipeline_args: flags for every Beam component; pipeline.beam.runners.runner_flags() adds the
+        runner and local parallelism they leave unset, as for the feature job's command line.
     """
     from tfx import v1 as tfx
     import tensorflow_data_validation as tfdv
@@ -70,6 +59,7 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_dir: str, se
 
     from components.audio_example_gen import AudioExampleGen
     from components.serving_pusher import executor as serving_pusher
+    from components.trainer import executor as trainer_executor
 
     config_lib.trainer_config(trainer_preset, trainer_overrides)    # a bad trainer config fails here, not mid-run
     example_gen = AudioExampleGen(data_dir=data_dir, config=example_gen_config)
@@ -81,6 +71,8 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_dir: str, se
                                                         schema=schema_gen.outputs["schema"])
     trainer = tfx.components.Trainer(
         run_fn=RUN_FN,
+        # TFX's executor, which also hands run_fn the Examples artifact's folder
+        custom_executor_spec=executor_spec.ExecutorClassSpec(trainer_executor.Executor),
         examples=example_gen.outputs["examples"],
         train_args=tfx.proto.TrainArgs(splits=["train"]),
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
@@ -110,4 +102,4 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_dir: str, se
         enable_cache=enable_cache,
         metadata_connection_config=(tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path)
                                     if metadata_path else None),
-        beam_pipeline_args=beam_pipeline_args if beam_pipeline_args is not None else default_beam_pipeline_args())
+        beam_pipeline_args=runners.runner_flags(list(beam_pipeline_args or [])))

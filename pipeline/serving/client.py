@@ -23,6 +23,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from pipeline import saved_model_layout as layout
+
 log = logging.getLogger(__name__)
 
 
@@ -185,7 +187,7 @@ class RestClient(_Client):
         body = {"signature_name": signature, "inputs": {k: _json_value(v) for k, v in inputs.items()}}
         out = self._request(self._url(":predict"), body, f"{signature} of {self.model}")["outputs"]
         if not isinstance(out, dict):   # a single output comes back bare
-            out = {"scores": out}
+            out = {layout.SCORES: out}
         return {k: np.asarray(v) if _strings(v) else np.asarray(v, dtype=np.float32) for k, v in out.items()}
 
     def close(self):

@@ -34,7 +34,10 @@ import sys
 
 import numpy as np
 
+from pipeline import fileio
 from pipeline import config as config_lib
+from pipeline import logs
+from pipeline import saved_model_layout as layout
 from pipeline.training import dataset
 from pipeline.data import kaggle_layout
 from pipeline.data import job_output as output
@@ -48,16 +51,15 @@ def resolve_version(model: str) -> str:
 
     if tf.io.gfile.exists(os.path.join(model, "saved_model.pb")):
         return model
-    versions = [d.rstrip("/") for d in tf.io.gfile.listdir(model) if d.rstrip("/").isdigit()] \
-        if tf.io.gfile.isdir(model) else []
-    if not versions:
+    newest = layout.newest_version(tf.io.gfile.listdir(model)) if tf.io.gfile.isdir(model) else None
+    if newest is None:
         raise FileNotFoundError(f"{model} is neither a SavedModel nor a directory of numbered versions")
-    return os.path.join(model, max(versions, key=int))
+    return os.path.join(model, newest)
 
 
 def submission_rows(sample_submission: str) -> list[str]:
     """The fnames of sample_submission.csv in order; any row that cannot be used fails, by name."""
-    rows, bad = kaggle_layout.parse_rows(output.read_text(sample_submission), None)
+    rows, bad = kaggle_layout.parse_rows(fileio.read_text(sample_submission), None)
     if bad:
         listed = "; ".join(f"line {b.line} {b.fname!r}: {b.reason} ({b.detail})" for b in bad[:10])
         raise ValueError(f"{sample_submission}: {len(bad)} rows cannot be used, so the submission would miss "
@@ -72,8 +74,8 @@ def score_examples(model_dir: str, files: list[str], batch_size: int = 64) -> tu
     from pipeline.data import example_schema as examples
 
     loaded = tf.saved_model.load(model_dir)
-    serve = loaded.signatures["serving_default"]
-    labels = kaggle_layout.load_vocabulary(os.path.join(model_dir, "assets", "labels.txt"))
+    serve = loaded.signatures[layout.SERVING_DEFAULT]
+    labels = kaggle_layout.load_vocabulary(os.path.join(model_dir, layout.LABELS_ASSET))
     fnames, scores = [], []
     from pipeline.data.tfrecord import compression_type
 
@@ -84,7 +86,7 @@ def score_examples(model_dir: str, files: list[str], batch_size: int = 64) -> tu
     for batch in records.batch(batch_size):
         parsed = tf.io.parse_example(batch, {examples.FNAME: tf.io.FixedLenFeature([], tf.string)})
         fnames += [f.decode("utf-8") for f in parsed[examples.FNAME].numpy()]
-        scores.append(serve(examples=batch)["scores"].numpy())
+        scores.append(serve(examples=batch)[layout.SCORES].numpy())
     return fnames, np.concatenate(scores) if scores else np.zeros((0, len(labels))), labels
 
 
@@ -94,7 +96,7 @@ def write_submission(path: str, order: list[str], columns: list[str], by_fname: 
     w.writerow(["fname", *columns])
     for fname in order:
         w.writerow([fname, *(f"{v:.6g}" for v in by_fname[fname])])
-    output.write_text(path, buf.getvalue())
+    fileio.write_text(path, buf.getvalue())
 
 
 def _finish(order: list[str], columns: list[str], model_labels: list[str], by_fname: dict, out_path: str,
@@ -122,9 +124,9 @@ def _finish(order: list[str], columns: list[str], model_labels: list[str], by_fn
 def predict(model: str, examples_dir: str, sample_submission: str, out_path: str, allow_missing: bool) -> dict:
     model_dir = resolve_version(model)
     manifest = output.require_complete(examples_dir)
-    model_features = os.path.join(model_dir, "assets", "feature_config.pbtxt")
+    model_features = os.path.join(model_dir, layout.FEATURES_ASSET)
     if os.path.exists(model_features):
-        ours = config_lib.from_text(output.read_text(model_features))
+        ours = config_lib.from_text(fileio.read_text(model_features))
         theirs = config_lib.from_text(manifest["feature_config_text"])
         ours.ClearField("limits"), theirs.ClearField("limits")     # input checks, not features
         if ours != theirs:
@@ -163,7 +165,7 @@ def _decode(path: str, cfg) -> np.ndarray:
         return audio.decode(f.read(), cfg.sample_rate, cfg.limits)[0]
 
 
-SIGNATURES = {"serving_waveform": ["waveform", "length"], "serving_audio": ["audio"]}
+SIGNATURES = {name: layout.SIGNATURE_INPUTS[name] for name in (layout.SERVING_WAVEFORM, layout.SERVING_AUDIO)}
 
 
 def _read(path: str, cfg) -> bytes:
@@ -179,7 +181,7 @@ def _read(path: str, cfg) -> bytes:
 
 def predict_server(client, audio_paths: list[str], sample_submission: str | None, out_path: str,
                    allow_missing: bool, feature_cfg, batch_size: int = 8, labels: str | None = None,
-                   signature: str = "serving_waveform") -> dict:
+                   signature: str = layout.SERVING_WAVEFORM) -> dict:
     """Score audio files through TF Serving (serving_waveform: decoded and resampled here;
     serving_audio: the files' bytes, decoded in the model's graph); write the submission and errors."""
     from tqdm import tqdm
@@ -191,20 +193,20 @@ def predict_server(client, audio_paths: list[str], sample_submission: str | None
     if signature not in SIGNATURES:
         raise ValueError(f"--signature must be one of {sorted(SIGNATURES)}, got {signature!r}")
     client.check_signature(signature, SIGNATURES[signature])
-    load = _read if signature == "serving_audio" else _decode
+    load = _read if signature == layout.SERVING_AUDIO else _decode
     order, paths = _audio_files(audio_paths, sample_submission)
     columns = kaggle_layout.load_vocabulary(labels or sample_submission) if (labels or sample_submission) else None
     errors, by_fname, model_labels = [], {}, None
 
     def send(batch: list[tuple[str, np.ndarray | bytes]]):
         nonlocal model_labels
-        if signature == "serving_audio":
+        if signature == layout.SERVING_AUDIO:
             out = client.predict(signature, {"audio": np.array([b for _, b in batch], dtype=object)})
         else:
             waveform, length = features.pad_batch([w for _, w in batch])
             out = client.predict(signature, {"waveform": waveform, "length": length})
         model_labels = [x.decode() if isinstance(x, bytes) else str(x) for x in out["labels"][0]]
-        for (fname, _), s in zip(batch, out["scores"]):
+        for (fname, _), s in zip(batch, out[layout.SCORES]):
             by_fname[fname] = s
 
     def flush(batch):
@@ -233,7 +235,7 @@ def predict_server(client, audio_paths: list[str], sample_submission: str | None
     if batch:
         flush(batch)
     report = out_path + ".errors.jsonl"
-    output.write_text(report, "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors))
+    fileio.write_text(report, "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors))
     if errors:
         log.warning("%d files could not be scored; see %s", len(errors), report)
     if model_labels is None:
@@ -250,10 +252,10 @@ def arg_parser() -> argparse.ArgumentParser:
     local.add_argument("--examples", help="Beam job output in --mode test")
     server = ap.add_argument_group("server mode")
     server.add_argument("--server", help="a running TF Serving: grpc://HOST:8500 or http://HOST:8501")
-    server.add_argument("--model_name", default="fat_tagger")
+    server.add_argument("--model_name", default=layout.MODEL_NAME)
     server.add_argument("--model_version", type=int, help="a version number (default: the one TF Serving serves)")
     server.add_argument("--audio", nargs="+", help="a folder (with --sample_submission) or audio files")
-    server.add_argument("--signature", choices=sorted(SIGNATURES), default="serving_waveform",
+    server.add_argument("--signature", choices=sorted(SIGNATURES), default=layout.SERVING_WAVEFORM,
                         help="serving_waveform: files decoded and resampled here (any format the Beam job "
                              "reads); serving_audio: 16-bit PCM WAV files sent as they are, decoded and "
                              "resampled by the model")
@@ -273,10 +275,9 @@ def arg_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     ap = arg_parser()
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup("INFO")
     from pipeline.serving.client import ServingError, connect
 
     try:

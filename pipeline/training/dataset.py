@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from pipeline import fileio
 from pipeline.data import example_schema as examples
 from pipeline.features import feature_fn as features
 from pipeline.data import job_output as output
@@ -31,7 +32,7 @@ def split_files(examples_dir: str, split: str, manifest: dict | None = None) -> 
     info = manifest["splits"].get(split)
     if not info or not info["records"]:
         raise ValueError(f"{examples_dir}: split {split!r} has no examples (splits: {sorted(manifest['splits'])})")
-    return [output.join(examples_dir, f["path"]) for f in info["files"]], info["records"]
+    return [fileio.join(examples_dir, f["path"]) for f in info["files"]], info["records"]
 
 
 def _parse_batch(serialized, mel_shape, num_classes):

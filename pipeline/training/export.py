@@ -44,18 +44,15 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import config as config_lib
+from pipeline import fileio
+from pipeline import saved_model_layout as layout
 from pipeline.features import audio_graph
 from pipeline.data import example_schema as examples
 from pipeline.features import feature_fn as features
 from pipeline.training.model import probabilities
-from pipeline.protos import serving_config_pb2
 
 log = logging.getLogger(__name__)
 
-ServingConfig = serving_config_pb2.ServingConfig
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
-LABELS_ASSET = os.path.join("assets", "labels.txt")
-FEATURES_ASSET = os.path.join("assets", "feature_config.pbtxt")
 EXAMPLES_SPEC = tf.TensorSpec([None], tf.string, name="examples")
 WAVEFORM_SPECS = (tf.TensorSpec([None, None], tf.float32, name="waveform"),
                   tf.TensorSpec([None], tf.int32, name="length"))
@@ -66,7 +63,7 @@ class Endpoints:
     """The signature functions over one Keras model, with the request checks in the graph."""
 
     def __init__(self, model: keras.Model, feature_cfg: config_lib.FeatureConfig,
-                 trainer_cfg: config_lib.TrainerConfig, serving_cfg: ServingConfig, labels: list[str]):
+                 trainer_cfg: config_lib.TrainerConfig, serving_cfg: config_lib.ServingConfig, labels: list[str]):
         self._model, self._feature_cfg, self._trainer_cfg = model, feature_cfg, trainer_cfg
         self._labels = list(labels)
         self._mel_shape = config_lib.mel_shape(feature_cfg)
@@ -76,7 +73,8 @@ class Endpoints:
     def _scores(self, mel):
         # labels per row: TF Serving's row format and TFMA want every output batched
         labels = tf.tile(tf.constant(self._labels)[tf.newaxis, :], [tf.shape(mel)[0], 1])
-        return {"scores": probabilities(self._model(mel, training=False), self._trainer_cfg), "labels": labels}
+        return {layout.SCORES: probabilities(self._model(mel, training=False), self._trainer_cfg),
+                layout.LABELS: labels}
 
     def serve_examples(self, serialized):
         frames, n_mels = self._mel_shape
@@ -153,16 +151,16 @@ def warmup_requests(feature_cfg: config_lib.FeatureConfig, count: int) -> list:
         clip = (0.3 * np.sin(2 * np.pi * (200 + 400 * t) * t) + rng.normal(0, 0.01, n)).astype(np.float32)
         batch = [clip] * (1 + i % 2)                       # batch sizes 1 and 2
         waveform, length = features.pad_batch(batch)
-        logs.append(_warmup_log("serving_waveform", {"waveform": waveform, "length": length}))
+        logs.append(_warmup_log(layout.SERVING_WAVEFORM, {"waveform": waveform, "length": length}))
         mel = features.compute_features(waveform, length, feature_cfg).numpy()
         serialized = [examples.serialize(f"warmup-{i}.wav", [], m, n / sr) for m in mel]
-        logs.append(_warmup_log("serving_default", {"examples": np.array(serialized, dtype=object)}))
-        logs.append(_warmup_log("serving_audio", {"audio": np.array([_wav_bytes(c, sr) for c in batch], dtype=object)}))
+        logs.append(_warmup_log(layout.SERVING_DEFAULT, {"examples": np.array(serialized, dtype=object)}))
+        logs.append(_warmup_log(layout.SERVING_AUDIO, {"audio": np.array([_wav_bytes(c, sr) for c in batch], dtype=object)}))
     return logs
 
 
 def write_warmup(saved_model_dir: str, logs: list) -> str:
-    path = os.path.join(saved_model_dir, WARMUP_FILE)
+    path = os.path.join(saved_model_dir, layout.WARMUP_FILE)
     tf.io.gfile.makedirs(os.path.dirname(path))
     with tf.io.TFRecordWriter(path) as w:
         for entry in logs:
@@ -172,7 +170,7 @@ def write_warmup(saved_model_dir: str, logs: list) -> str:
 
 def export_saved_model(model: keras.Model, feature_cfg: config_lib.FeatureConfig,
                        trainer_cfg: config_lib.TrainerConfig, labels_path: str, export_base: str,
-                       version: int | str | None = None, serving_cfg: ServingConfig | None = None) -> str:
+                       version: int | str | None = None, serving_cfg: config_lib.ServingConfig | None = None) -> str:
     """Write EXPORT_BASE/<version>/ and return its path (version: seconds since the epoch unless
     given; TFX's run_fn gives the last part of its serving_model_dir).
 
@@ -180,7 +178,7 @@ def export_saved_model(model: keras.Model, feature_cfg: config_lib.FeatureConfig
     so TF Serving, which polls EXPORT_BASE for new versions, never sees half a model. Object stores
     have no atomic rename; there the version is written in place.
     """
-    serving_cfg = serving_cfg or ServingConfig()
+    serving_cfg = serving_cfg or config_lib.ServingConfig()
     version = version or int(time.time())
     final = os.path.join(export_base, str(version))
     if tf.io.gfile.exists(final):
@@ -194,19 +192,19 @@ def export_saved_model(model: keras.Model, feature_cfg: config_lib.FeatureConfig
     endpoints = Endpoints(model, feature_cfg, trainer_cfg, serving_cfg, load_vocabulary(labels_path))
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint("serving_default", endpoints.serve_examples, [EXAMPLES_SPEC])
-    archive.add_endpoint("serving_waveform", endpoints.serve_waveform, list(WAVEFORM_SPECS))
-    archive.add_endpoint("serving_audio", endpoints.serve_audio, [AUDIO_SPEC])
+    archive.add_endpoint(layout.SERVING_DEFAULT, endpoints.serve_examples, [EXAMPLES_SPEC])
+    archive.add_endpoint(layout.SERVING_WAVEFORM, endpoints.serve_waveform, list(WAVEFORM_SPECS))
+    archive.add_endpoint(layout.SERVING_AUDIO, endpoints.serve_audio, [AUDIO_SPEC])
     archive.write_out(target, verbose=False)
     # the label order of the scores beside the graph (ExportArchive keeps only the assets an
     # endpoint reads; TF Serving and the clients need none in the graph, only the file)
-    tf.io.gfile.makedirs(os.path.join(target, "assets"))
-    tf.io.gfile.copy(labels_path, os.path.join(target, LABELS_ASSET), overwrite=True)
-    with tf.io.gfile.GFile(os.path.join(target, FEATURES_ASSET), "w") as f:
+    tf.io.gfile.makedirs(os.path.join(target, os.path.dirname(layout.LABELS_ASSET)))
+    tf.io.gfile.copy(labels_path, os.path.join(target, layout.LABELS_ASSET), overwrite=True)
+    with tf.io.gfile.GFile(os.path.join(target, layout.FEATURES_ASSET), "w") as f:
         f.write(config_lib.to_text(feature_cfg))
     if serving_cfg.warmup_requests > 0:
         write_warmup(target, warmup_requests(feature_cfg, serving_cfg.warmup_requests))
     if local:
-        os.rename(target, final)
+        fileio.publish_dir(target, final)
     log.info("exported SavedModel %s", final)
     return final

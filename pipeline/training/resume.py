@@ -38,6 +38,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from pipeline import fileio
 from pipeline.training import averaging
 
 log = logging.getLogger(__name__)
@@ -57,13 +58,6 @@ def weights_digest(model) -> str:
     for w in model.get_weights():
         h.update(np.ascontiguousarray(w).tobytes())
     return h.hexdigest()
-
-
-def _write_atomically(path: str, data: bytes) -> None:
-    tmp = path + ".tmp"
-    with tf.io.gfile.GFile(tmp, "wb") as f:
-        f.write(data)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
@@ -150,7 +144,7 @@ class TrainingBackup(keras.callbacks.Callback):
                                      f"delete the folder or use another --work_dir to start afresh")
         elif self.chief:
             tf.io.gfile.makedirs(self.read_dir)
-            _write_atomically(path, json.dumps(self.fingerprint, sort_keys=True).encode())
+            fileio.write_bytes(path, json.dumps(self.fingerprint, sort_keys=True).encode())
         if self._state is not None and self.early_stopping is not None:
             _, meta, best = self._state
             if meta.get("early_stopping"):
@@ -169,10 +163,10 @@ class TrainingBackup(keras.callbacks.Callback):
         if es is not None and es.best_weights is not None:
             buf = io.BytesIO()
             np.savez(buf, **{f"w{i}": w for i, w in enumerate(es.best_weights)})
-            _write_atomically(os.path.join(folder, BEST), buf.getvalue())
+            fileio.write_bytes(os.path.join(folder, BEST), buf.getvalue())
         meta = {"epoch": epoch, "batch": batch, "early_stopping": es.state() if es is not None else None}
-        _write_atomically(os.path.join(folder, META), json.dumps(meta).encode())
-        _write_atomically(os.path.join(self.write_dir, LATEST), name.encode())   # the save is now complete
+        fileio.write_bytes(os.path.join(folder, META), json.dumps(meta).encode())
+        fileio.write_bytes(os.path.join(self.write_dir, LATEST), name.encode())   # the save is now complete
         for old in self._saves_in(self.write_dir)[:-KEEP]:
             tf.io.gfile.rmtree(os.path.join(self.write_dir, old))
 

@@ -22,7 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline import fileio
 from pipeline import config as config_lib
+from pipeline import logs
 from pipeline.training import dataset
 from pipeline.data import kaggle_layout
 from pipeline.data import job_output as output
@@ -61,12 +63,12 @@ def job_from_examples(examples_dir: str, cfg: config_lib.TrainerConfig, work_dir
     if files is None:
         files = (dataset.split_files(examples_dir, "train", manifest)[0],
                  dataset.split_files(examples_dir, "eval", manifest)[0])
-    records = {output.join(examples_dir, f["path"]): f["records"]
+    records = {fileio.join(examples_dir, f["path"]): f["records"]
                for split in manifest["splits"].values() for f in split["files"]}
     count = lambda fs: sum(records[f] for f in fs) if all(f in records for f in fs) else None  # noqa: E731
     return TrainJob(train_files=files[0], eval_files=files[1], train_examples=count(files[0]),
                     eval_examples=count(files[1]), mel_shape=tuple(manifest["example"]["mel_shape"]),
-                    labels_path=output.join(examples_dir, manifest["labels"]["file"]),
+                    labels_path=fileio.join(examples_dir, manifest["labels"]["file"]),
                     feature_cfg=config_lib.from_text(manifest["feature_config_text"]),
                     cfg=cfg, work_dir=work_dir, export_base=export_base, export_version=export_version,
                     data_id=f"{examples_dir} {manifest.get('created', '')}")
@@ -245,11 +247,15 @@ def train(job: TrainJob) -> dict:
     return results
 
 
+EXAMPLES_URI = "examples_uri"    # custom_config key set by components/trainer/executor.py
+
+
 def run_fn(fn_args) -> None:
     """The TFX Trainer's entry point (GenericExecutor): the same `train()` as the command line.
 
-    custom_config: {"trainer_config": text proto (optional), "trainer_preset": name (optional)}.
-    The examples' manifest (beside the split folders) gives the input shape, labels and features.
+    custom_config: {"trainer_config": text proto (optional), "trainer_preset": name (optional),
+    "examples_uri": the Examples artifact's folder (components/trainer's executor adds it)}. The
+    examples' manifest there gives the input shape, labels and features.
     The SavedModel is written to fn_args.serving_model_dir itself, where TFX's GenericExecutor
     checks for it (and Evaluator and Pusher read it); results, plots and logs go to model_run_dir.
     """
@@ -261,7 +267,10 @@ def run_fn(fn_args) -> None:
     eval_files = sorted(f for pattern in fn_args.eval_files for f in tf.io.gfile.glob(pattern))
     if not train_files or not eval_files:
         raise ValueError(f"no TFRecord files match train {fn_args.train_files} / eval {fn_args.eval_files}")
-    examples_dir = os.path.dirname(os.path.dirname(train_files[0]))
+    examples_dir = custom.get(EXAMPLES_URI)
+    if not examples_dir:
+        raise ValueError(f"custom_config has no {EXAMPLES_URI!r}: run the Trainer with components.trainer's executor "
+                         f"(it passes the Examples artifact's folder, where manifest.json lies)")
     serving_dir = fn_args.serving_model_dir.rstrip("/")
     train(job_from_examples(examples_dir, cfg, fn_args.model_run_dir, os.path.dirname(serving_dir),
                             files=(train_files, eval_files), export_version=os.path.basename(serving_dir)))
@@ -283,11 +292,10 @@ def arg_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = arg_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup("INFO")
     try:
-        overrides = (output.read_text(args.trainer_config) if args.trainer_config else "") + "\n" + args.set
+        overrides = (fileio.read_text(args.trainer_config) if args.trainer_config else "") + "\n" + args.set
         cfg = config_lib.trainer_config(args.preset, overrides)
         if args.cpu_replicas:
             split_cpu(args.cpu_replicas)

@@ -16,7 +16,8 @@ from apache_beam.transforms import window
 from apache_beam.utils.windowed_value import WindowedValue
 
 from pipeline.beam import dask_runner
-from pipeline.beam import feature_job as job
+from pipeline.beam import cli
+from pipeline.beam import runners
 
 slow = pytest.mark.slow
 
@@ -106,13 +107,13 @@ def test_runner_flag_short_names():
     runner; other runners pass through; the local runner (FnApiRunner) is the default."""
     for flags in (["--runner=DaskRunner"], ["--runner", "DaskRunner"], ["--runner=dask"],
                   ["--runner=apache_beam.runners.dask.dask_runner.DaskRunner"]):
-        assert job._runner_flags([*flags, "--dask_local_workers=2"]) == [
+        assert runners.runner_flags([*flags, "--dask_local_workers=2"]) == [
             f"--runner={dask_runner.RUNNER_PATH}", "--dask_local_workers=2"]
-    assert job._runner_flags(["--runner=FnApiRunner", "--direct_num_workers=2", "--direct_running_mode=in_memory"]) == [
+    assert runners.runner_flags(["--runner=FnApiRunner", "--direct_num_workers=2", "--direct_running_mode=in_memory"]) == [
         "--runner=FnApiRunner", "--direct_num_workers=2", "--direct_running_mode=in_memory"]
-    assert job._runner_flags(["--direct_num_workers=3", "--direct_running_mode=multi_processing"]) == [
+    assert runners.runner_flags(["--direct_num_workers=3", "--direct_running_mode=multi_processing"]) == [
         "--runner=FnApiRunner", "--direct_num_workers=3", "--direct_running_mode=multi_processing"]
-    opts = PipelineOptions(job._runner_flags(["--runner=DaskRunner", "--dask_local_workers=3"]))
+    opts = PipelineOptions(runners.runner_flags(["--runner=DaskRunner", "--dask_local_workers=3"]))
     assert opts.view_as(dask_runner.DaskClusterOptions).dask_local_workers == 3
 
 
@@ -213,15 +214,6 @@ def test_errors_reach_the_driver_and_other_windows_are_refused(cluster, tmp_path
 # the job: DaskRunner's outputs equal DirectRunner's
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from pipeline.data import demo_data
-
-    root = tmp_path_factory.mktemp("data")
-    demo = demo_data.generate(str(root), train=40, test=10, seed=0, broken=True)
-    return SimpleNamespace(root=root, **demo)
-
-
 def job_outputs(data, out, *runner_flags):
     """Run the job (small preset, lenient: the demo's 9 broken rows are 18%) and read back
     {fname: (split, serialized example)}, the dead letters' bytes and the manifest."""
@@ -230,7 +222,7 @@ def job_outputs(data, out, *runner_flags):
     from pipeline.data import job_output as output
     from pipeline.data import tfrecord
 
-    rc = job.run(["--data_dir", str(data.root), "--output_dir", str(out), "--preset", "small",
+    rc = cli.run(["--data_dir", str(data.root), "--output_dir", str(out), "--preset", "small",
                   "--max_error_ratio", "0.3", "--log_level", "WARNING", *runner_flags])
     manifest = output.read_manifest(str(out))
     examples = {}

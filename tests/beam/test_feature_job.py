@@ -17,7 +17,8 @@ from pipeline.features import audio
 from pipeline.data import demo_data
 from pipeline.data import example_schema as examples
 from pipeline.features import feature_fn as features
-from pipeline.beam import feature_job as job
+from pipeline.beam import cli
+from pipeline.beam import runners
 from pipeline.data import job_output as output
 from pipeline.data import tfrecord
 from pipeline.beam import transforms as bt
@@ -32,15 +33,8 @@ LENIENT = ["--max_error_ratio", "0.3"]
 DEAD_LETTER_KEYS = {"fname", "line", "stage", "reason", "detail"}
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    demo = demo_data.generate(str(root), train=40, test=10, seed=0, broken=True)
-    return SimpleNamespace(root=root, **demo)
-
-
 def run_job(data, out, *extra):
-    return job.run(["--data_dir", str(data.root), "--output_dir", str(out), "--preset", "small",
+    return cli.run(["--data_dir", str(data.root), "--output_dir", str(out), "--preset", "small",
                     "--log_level", "WARNING", *extra])
 
 
@@ -277,8 +271,8 @@ def test_default_local_run_logs_its_choice_not_the_harness(first, data, tmp_path
     again = finished(data, tmp_path / "out", *LENIENT)
     assert again.rc == 0
     chose = [r.getMessage() for r in caplog.records if r.getMessage().startswith("local runner:")]
-    assert chose and f"--direct_num_workers={job.usable_cores()}" in chose[0]
-    chatty = [r for r in caplog.records if r.name.startswith(job._CHATTY_LOGGERS) and r.levelno < logging.WARNING]
+    assert chose and f"--direct_num_workers={runners.usable_cores()}" in chose[0]
+    chatty = [r for r in caplog.records if r.name.startswith(cli._CHATTY_LOGGERS) and r.levelno < logging.WARNING]
     assert not chatty, chatty[:3]
     assert by_fname(again.records) == by_fname(first.records)
 
@@ -339,19 +333,19 @@ def test_local_runner_gets_one_worker_per_core_unless_told():
     """Unset --direct_num_workers: one per core; unset --direct_running_mode: threads up to two
     workers, processes beyond. What the user sets is kept, in either flag spelling; other runners
     get nothing."""
-    assert job.local_parallelism([], cores=2) == ["--direct_num_workers=2", "--direct_running_mode=multi_threading"]
-    assert job.local_parallelism([], cores=1) == ["--direct_num_workers=1", "--direct_running_mode=multi_threading"]
-    assert job.local_parallelism([], cores=16) == ["--direct_num_workers=16",
+    assert runners.local_parallelism([], cores=2) == ["--direct_num_workers=2", "--direct_running_mode=multi_threading"]
+    assert runners.local_parallelism([], cores=1) == ["--direct_num_workers=1", "--direct_running_mode=multi_threading"]
+    assert runners.local_parallelism([], cores=16) == ["--direct_num_workers=16",
                                                    "--direct_running_mode=multi_processing"]
-    assert job.local_parallelism(["--direct_num_workers", "8"], cores=2) == ["--direct_running_mode=multi_processing"]
-    assert job.local_parallelism(["--direct_num_workers=0"], cores=2) == ["--direct_running_mode=multi_threading"]
-    assert job.local_parallelism(["--direct_running_mode=in_memory"], cores=4) == ["--direct_num_workers=4"]
-    assert job.local_parallelism(["--direct_num_workers=1", "--direct_running_mode=in_memory"], cores=4) == []
-    cores = job.usable_cores()
+    assert runners.local_parallelism(["--direct_num_workers", "8"], cores=2) == ["--direct_running_mode=multi_processing"]
+    assert runners.local_parallelism(["--direct_num_workers=0"], cores=2) == ["--direct_running_mode=multi_threading"]
+    assert runners.local_parallelism(["--direct_running_mode=in_memory"], cores=4) == ["--direct_num_workers=4"]
+    assert runners.local_parallelism(["--direct_num_workers=1", "--direct_running_mode=in_memory"], cores=4) == []
+    cores = runners.usable_cores()
     for flags in ([], ["--runner=DirectRunner"], ["--runner", "FnApiRunner"]):
-        out = job._runner_flags(flags)
+        out = runners.runner_flags(flags)
         assert f"--direct_num_workers={cores}" in out and sum(a.startswith("--direct_running_mode=") for a in out) == 1
-    assert job._runner_flags(["--runner=DataflowRunner", "--project=p"]) == ["--runner=DataflowRunner", "--project=p"]
+    assert runners.runner_flags(["--runner=DataflowRunner", "--project=p"]) == ["--runner=DataflowRunner", "--project=p"]
 
 
 def test_direct_runner_runs_fnapi_runner_without_prism(caplog):
@@ -363,35 +357,45 @@ def test_direct_runner_runs_fnapi_runner_without_prism(caplog):
     flags = ["--direct_num_workers=1", "--direct_running_mode=in_memory"]
     for runner in (["--runner=DirectRunner"], ["--runner", "directrunner"],
                    ["--runner=apache_beam.runners.direct.direct_runner.DirectRunner"], []):
-        assert job._runner_flags([*runner, *flags]) == ["--runner=FnApiRunner", *flags]
+        assert runners.runner_flags([*runner, *flags]) == ["--runner=FnApiRunner", *flags]
     assert any("without its attempt to download and start Prism" in r.getMessage() for r in caplog.records)
-    assert job._runner_flags(["--runner=PrismRunner"]) == ["--runner=PrismRunner"]
+    assert runners.runner_flags(["--runner=PrismRunner"]) == ["--runner=PrismRunner"]
 
 
 def test_core_count_follows_cpu_affinity(monkeypatch):
     """In a container or under taskset the usable cores are fewer than the machine's: the job's local
     workers and the TFX pipeline's Beam workers count the usable ones (as dask_runner's local cluster
-    does, through the same job.usable_cores)."""
-    from pipeline.orchestration import tfx_pipeline
+    does, through the same runners.usable_cores)."""
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
-    assert job.usable_cores() == 1
-    assert "--direct_num_workers=1" in job._runner_flags([])
-    assert tfx_pipeline.default_beam_pipeline_args() == [
+    assert runners.usable_cores() == 1
+    assert runners.runner_flags([]) == [
         "--runner=FnApiRunner", "--direct_num_workers=1", "--direct_running_mode=multi_threading"]
 
 
-def test_tfx_beam_components_run_like_the_feature_job():
-    """The TFX pipeline's Beam components get the job's local parallelism: threads up to
-    MAX_THREAD_WORKERS workers, processes beyond."""
+def test_tfx_beam_components_run_like_the_feature_job(monkeypatch, tmp_path):
+    """The TFX pipeline's Beam components get their runner and local parallelism from the same place
+    as the feature job's command line (runners.runner_flags): threads up to MAX_THREAD_WORKERS
+    workers, processes beyond; what the user gives is kept, DaskRunner is the project's."""
     from pipeline.orchestration import tfx_pipeline
-    for cores, mode in ((2, "multi_threading"), (job.MAX_THREAD_WORKERS + 1, "multi_processing")):
-        assert tfx_pipeline.default_beam_pipeline_args(cores) == [
+
+    def beam_args(given):
+        return tfx_pipeline.create_pipeline(pipeline_name="p", pipeline_root=str(tmp_path / "root"),
+                                            data_dir=str(tmp_path / "data"), serving_root=str(tmp_path / "serving"),
+                                            beam_pipeline_args=given).beam_pipeline_args
+
+    for cores, mode in ((2, "multi_threading"), (runners.MAX_THREAD_WORKERS + 1, "multi_processing")):
+        monkeypatch.setattr(runners, "usable_cores", lambda: cores)
+        assert beam_args(None) == runners.runner_flags([]) == [
             "--runner=FnApiRunner", f"--direct_num_workers={cores}", f"--direct_running_mode={mode}"]
+    assert beam_args(["--direct_num_workers=1"]) == [
+        "--runner=FnApiRunner", "--direct_num_workers=1", "--direct_running_mode=multi_threading"]
+    assert beam_args(["--runner=DaskRunner", "--dask_local_workers=2"]) == [
+        "--runner=pipeline.beam.dask_runner.DaskRunner", "--dask_local_workers=2"]
 
 
 def test_cli_runs_the_job_and_exits_with_its_status(data, tmp_path):
     """The command as users run it, in its own process: it ends without Python's interpreter
-    teardown (job.exit_without_teardown), so check that its last log lines still arrive, that the
+    teardown (cli.exit_without_teardown), so check that its last log lines still arrive, that the
     exit status is the job's, and that the outputs are complete: 0 and a complete manifest with the
     demo's lenient error ratio, 1 and the reason with the default one (9 of 49 rows are broken)."""
     def cli(out, *extra):
@@ -425,7 +429,7 @@ def test_wrong_csv_fails_before_the_pipeline(data, tmp_path):
     """A CSV without the train_curated header (here sample_submission.csv in train mode) stops the
     job up front with the file and the reason; nothing is written."""
     with pytest.raises(SystemExit, match=r"--csv .*sample_submission\.csv: expected the header 'fname,labels'"):
-        job.run(["--data_dir", str(data.root), "--csv", str(data.root / "sample_submission.csv"),
+        cli.run(["--data_dir", str(data.root), "--csv", str(data.root / "sample_submission.csv"),
                  "--output_dir", str(tmp_path / "out"), "--preset", "small"])
     assert not (tmp_path / "out").exists()
 
@@ -460,7 +464,7 @@ def hostile(tmp_path_factory):
         csv.writer(f).writerow(["fname", *demo_data.LABELS])
     (root / "features.pbtxt").write_text("limits { max_source_seconds: 3 max_file_bytes: 80000 }")
     out = root.parent / "out"
-    rc = job.run(["--data_dir", str(root), "--output_dir", str(out), "--preset", "small", "--max_error_ratio", "1",
+    rc = cli.run(["--data_dir", str(root), "--output_dir", str(out), "--preset", "small", "--max_error_ratio", "1",
                   "--feature_config", str(root / "features.pbtxt"), "--log_level", "WARNING"])
     letters = [json.loads(x) for x in (out / "dead_letters.jsonl").read_text().splitlines()]
     return SimpleNamespace(rc=rc, out=out, manifest=output.read_manifest(str(out)),
@@ -597,7 +601,7 @@ def test_worker_log_lines_are_shown_as_their_message():
         return logging.LogRecord("apache_beam.runners.portability.local_job_service", level, __file__, 1,
                                  "Worker: %s", (str(entry).replace("\n", " "),), None)
 
-    keep = job._WorkerLogFilter()
+    keep = cli._WorkerLogFilter()
     ours = relayed(logging.INFO, 'rows.csv: 246 usable rows, 3 rejected, "naïve" \\ path',
                    "/work/main/pipeline/beam/transforms.py:58")
     assert keep.filter(ours)

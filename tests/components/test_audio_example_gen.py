@@ -25,7 +25,7 @@ def data(tmp_path):
 
 
 def _paths(data_dir):
-    return inputs.resolve(str(data_dir), inputs.AudioExampleGenConfig())
+    return inputs.resolve(str(data_dir), config.AudioExampleGenConfig())
 
 
 def test_fingerprint_changes_with_the_data_and_only_then(data):
@@ -49,17 +49,17 @@ def test_fingerprint_changes_with_the_data_and_only_then(data):
 def test_fingerprint_names_what_is_missing(tmp_path, data):
     data_dir, _ = data
     with pytest.raises(ValueError, match="the audio folder .*nowhere does not exist"):
-        inputs.fingerprint(inputs.resolve(str(data_dir), inputs.AudioExampleGenConfig(audio_dir="nowhere")))
+        inputs.fingerprint(inputs.resolve(str(data_dir), config.AudioExampleGenConfig(audio_dir="nowhere")))
     with pytest.raises(ValueError, match="the CSV"):
         inputs.fingerprint(_paths(tmp_path / "empty"))
 
 
 def test_config_paths_are_relative_to_the_data_folder_unless_absolute(tmp_path):
-    cfg = inputs.AudioExampleGenConfig(csv="lists/a.csv", audio_dir="/mnt/clips", labels="gs://b/labels.txt")
+    cfg = config.AudioExampleGenConfig(csv="lists/a.csv", audio_dir="/mnt/clips", labels="gs://b/labels.txt")
     p = inputs.resolve("/data/fat", cfg)
     assert (p.csv, p.audio_dir, p.labels) == ("/data/fat/lists/a.csv", "/mnt/clips", "gs://b/labels.txt")
     with pytest.raises(ValueError, match="invalid FeatureConfig"):
-        inputs.parse_config("features { n_mels: 0 }")
+        config.example_gen_config("features { n_mels: 0 }")
 
 
 def test_driver_adds_the_fingerprint_before_the_cache_lookup(data):
@@ -80,14 +80,14 @@ def test_driver_adds_the_fingerprint_before_the_cache_lookup(data):
 def _run_executor(data_dir, out_dir, **cfg_fields):
     from tfx.types import standard_artifacts
 
-    cfg = inputs.AudioExampleGenConfig(**cfg_fields)
+    cfg = config.AudioExampleGenConfig(**cfg_fields)
     cfg.features.CopyFrom(config.feature_config("small"))
     examples = standard_artifacts.Examples()
     examples.uri = str(out_dir)
     os.makedirs(out_dir)       # as TFX's launcher does before the executor runs
     ctx = executor.Executor.Context(beam_pipeline_args=BEAM_ARGS)
     executor.Executor(ctx).Do({}, {"examples": [examples]},
-                              {inputs.DATA_DIR: str(data_dir), inputs.CONFIG: inputs.config_text(cfg),
+                              {inputs.DATA_DIR: str(data_dir), inputs.CONFIG: config.to_text(cfg),
                                inputs.FINGERPRINT: "sha256:test"})
     return examples
 

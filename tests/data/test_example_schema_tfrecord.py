@@ -97,7 +97,7 @@ def test_gzip_writer_is_readable_by_tf(tmp_path, compression):
     """Both deflate settings write a gzip stream that TF (and Python's gzip) reads back intact."""
     path = tmp_path / "data.tfrecord.gz"
     args = () if compression is None else (compression,)
-    with tfrecord.GzipTFRecordWriter(str(path), *args) as w:
+    with tfrecord.TFRecordWriter(str(path), *args) as w:
         for r in RECORDS:
             w.write(r)
     assert w.records == len(RECORDS)
@@ -141,12 +141,12 @@ def test_small_deflate_is_smaller(tmp_path):
 
 def test_unknown_deflate_setting(tmp_path):
     with pytest.raises(KeyError):
-        tfrecord.GzipTFRecordWriter(str(tmp_path / "x.gz"), "medium")
+        tfrecord.TFRecordWriter(str(tmp_path / "x.gz"), "medium")
 
 
 def test_empty_file_has_no_records(tmp_path):
     path = tmp_path / "empty.tfrecord.gz"
-    w = tfrecord.GzipTFRecordWriter(str(path))
+    w = tfrecord.TFRecordWriter(str(path))
     w.close()
     assert w.records == 0
     assert read_gzip_records(path) == []

@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from pipeline import fileio
 from pipeline.data import job_output as output
 
 
@@ -16,7 +17,7 @@ def make_run(directory, status=None):
         manifest = {"status": status, "created": "2026-01-01T00:00:00+00:00"}
         if status != output.STATUS_COMPLETE:
             manifest["status_reason"] = "9 of 49 rows failed (error ratio 0.184 > --max_error_ratio 0.05)"
-        output.write_json(str(directory / output.MANIFEST), manifest)
+        fileio.write_json(str(directory / output.MANIFEST), manifest)
     return directory
 
 
@@ -53,7 +54,7 @@ def test_prepare_overwrite_deletes_everything_manifest_first(tmp_path, monkeypat
     real_delete = output.FileSystems.delete
     monkeypatch.setattr(output.FileSystems, "delete", lambda paths: (deleted.append(list(paths)), real_delete(paths)))
     output.prepare(str(tmp_path), overwrite=True)
-    assert deleted[0] == [output.join(str(tmp_path), output.MANIFEST)]
+    assert deleted[0] == [fileio.join(str(tmp_path), output.MANIFEST)]
     assert sorted(p for batch in deleted[1:] for p in batch) == sorted(
         str(tmp_path / p) for p in ("train/data-00000-of-00001.tfrecord.gz", "labels.txt", "dead_letters.jsonl"))
     assert output.list_files(str(tmp_path)) == []
@@ -93,10 +94,10 @@ def test_require_complete_returns_the_manifest(tmp_path):
 
 def test_write_json_leaves_no_temporary_file(tmp_path):
     path = tmp_path / "m.json"
-    output.write_json(str(path), {"b": 1, "a": [1, 2]})
+    fileio.write_json(str(path), {"b": 1, "a": [1, 2]})
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
     assert json.loads(path.read_text()) == {"a": [1, 2], "b": 1}
-    output.write_json(str(path), {"c": 3})  # replaces an existing file
+    fileio.write_json(str(path), {"c": 3})  # replaces an existing file
     assert json.loads(path.read_text()) == {"c": 3}
     assert output.read_manifest(str(tmp_path)) is None  # not called manifest.json
 

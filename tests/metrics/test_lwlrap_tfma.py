@@ -10,6 +10,7 @@ from apache_beam.testing.util import assert_that
 from tensorflow_model_analysis.metrics import metric_types
 from tensorflow_model_analysis.proto import config_pb2
 
+from pipeline import config
 from pipeline.metrics import lwlrap_tfma
 from pipeline.metrics.lwlrap import lwlrap, per_class_lwlrap
 
@@ -80,13 +81,13 @@ def test_label_index_outside_the_model_is_an_error():
 
 
 def test_eval_config_carries_the_blessing_thresholds():
-    cfg = lwlrap_tfma.eval_config(lwlrap_tfma.BlessingConfig(min_lwlrap=0.3, baseline_tolerance=0.02))
+    cfg = lwlrap_tfma.eval_config(config.BlessingConfig(min_lwlrap=0.3, baseline_tolerance=0.02))
     metric = cfg.metrics_specs[0].metrics[0]
     assert metric.class_name == "Lwlrap" and metric.module == "pipeline.metrics.lwlrap_tfma"
     assert metric.threshold.value_threshold.lower_bound.value == pytest.approx(0.3)
     assert metric.threshold.change_threshold.absolute.value == pytest.approx(-0.02)
     assert metric.threshold.change_threshold.direction == config_pb2.MetricDirection.HIGHER_IS_BETTER
-    assert lwlrap_tfma.BlessingConfig().min_lwlrap == pytest.approx(0.4)
+    assert config.BlessingConfig().min_lwlrap == pytest.approx(0.4)
 
 
 # ------------------------------------------------------------------------------ TFX's Evaluator
@@ -149,7 +150,7 @@ def test_evaluator_blesses_a_model_over_the_bar_with_exact_lwlrap(artifacts, tra
     from pipeline.orchestration import run_report
 
     root, model, examples = artifacts
-    evaluation, bless = _evaluate(root, "first", model, examples, lwlrap_tfma.BlessingConfig(min_lwlrap=0.0))
+    evaluation, bless = _evaluate(root, "first", model, examples, config.BlessingConfig(min_lwlrap=0.0))
     assert os.listdir(bless.uri) == ["BLESSED"]
     assert bless.get_int_custom_property("blessed") == 1
     assert bless.get_int_custom_property("current_model_id") == 42
@@ -164,14 +165,14 @@ def test_evaluator_blesses_a_model_over_the_bar_with_exact_lwlrap(artifacts, tra
 def test_evaluator_refuses_below_the_bar_and_below_the_baseline(artifacts):
     root, model, examples = artifacts
     # lwlrap is at most 1: this bar cannot be cleared
-    _, bless = _evaluate(root, "bar", model, examples, lwlrap_tfma.BlessingConfig(min_lwlrap=1.01), baseline=model)
+    _, bless = _evaluate(root, "bar", model, examples, config.BlessingConfig(min_lwlrap=1.01), baseline=model)
     assert os.listdir(bless.uri) == ["NOT_BLESSED"] and bless.get_int_custom_property("blessed") == 0
     assert bless.get_int_custom_property("baseline_model_id") == 42
     # the same model as its own baseline: equal passes with tolerance 0 ...
     _, bless = _evaluate(root, "equal", model, examples,
-                         lwlrap_tfma.BlessingConfig(min_lwlrap=0.0, baseline_tolerance=0.0), baseline=model)
+                         config.BlessingConfig(min_lwlrap=0.0, baseline_tolerance=0.0), baseline=model)
     assert os.listdir(bless.uri) == ["BLESSED"]
     # ... and fails when the candidate must beat the baseline by 0.01
     _, bless = _evaluate(root, "regress", model, examples,
-                         lwlrap_tfma.BlessingConfig(min_lwlrap=0.0, baseline_tolerance=-0.01), baseline=model)
+                         config.BlessingConfig(min_lwlrap=0.0, baseline_tolerance=-0.01), baseline=model)
     assert os.listdir(bless.uri) == ["NOT_BLESSED"]

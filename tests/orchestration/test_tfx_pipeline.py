@@ -293,13 +293,13 @@ def test_bad_input_above_max_error_ratio_fails_the_example_gen_and_nothing_downs
 
 
 def test_the_same_pipeline_compiles_for_kubeflow_v2(tmp_path):
-    from components.audio_example_gen import inputs
+    from pipeline import config
     from pipeline.orchestration import kubeflow
     from pipeline.orchestration import tfx_pipeline
 
     pipeline = tfx_pipeline.create_pipeline(
         pipeline_name=NAME, pipeline_root="gs://bucket/root", data_dir="gs://bucket/fat2019",
-        serving_root="gs://bucket/serving", example_gen_config=inputs.AudioExampleGenConfig())
+        serving_root="gs://bucket/serving", example_gen_config=config.AudioExampleGenConfig())
     path = kubeflow.compile_pipeline(pipeline, str(tmp_path / "pipeline.json"))
     spec = json.load(open(path))["pipelineSpec"]
     executors = spec["deploymentSpec"]["executors"]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from pipeline import config
-from pipeline.beam import feature_job as job
+from pipeline.beam import cli
 from pipeline.serving import predict
 from pipeline.serving.client import GrpcClient, RestClient, ServingError, connect
 from tests.serving_double import ServingDouble
@@ -38,7 +38,7 @@ def healthy(double):
 def local_submission(trained, train_examples, tmp_path_factory):
     """Local mode on the test clips' examples: the reference."""
     root = tmp_path_factory.mktemp("local")
-    assert job.run(["--mode", "test", "--data_dir", str(train_examples.data), "--output_dir", str(root / "ex"),
+    assert cli.run(["--mode", "test", "--data_dir", str(train_examples.data), "--output_dir", str(root / "ex"),
                     "--preset", "small", "--log_level", "WARNING"]) == 0
     predict.predict(trained[2]["export_path"], str(root / "ex"), str(train_examples.data / "sample_submission.csv"),
                     str(root / "submission.csv"), allow_missing=False)

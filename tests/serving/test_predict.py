@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from pipeline.training import dataset
-from pipeline.beam import feature_job as job
+from pipeline.beam import cli
 from pipeline.serving import predict
 from pipeline.data import tfrecord
 
@@ -18,7 +18,7 @@ from pipeline.data import tfrecord
 def test_examples(train_examples, tmp_path_factory):
     """The fixture data's unlabelled test clips through the Beam job in test mode."""
     out = tmp_path_factory.mktemp("test_examples") / "out"
-    rc = job.run(["--mode", "test", "--data_dir", str(train_examples.data), "--output_dir", str(out),
+    rc = cli.run(["--mode", "test", "--data_dir", str(train_examples.data), "--output_dir", str(out),
                   "--preset", "small", "--log_level", "WARNING"])
     assert rc == 0
     return out
@@ -85,7 +85,7 @@ def test_unusable_rows_of_the_sample_fail_by_name(trained, train_examples, test_
 def test_examples_with_other_features_than_the_models_are_refused(trained, train_examples, tmp_path):
     _, _, results = trained
     out = tmp_path / "ex"
-    assert job.run(["--mode", "test", "--data_dir", str(train_examples.data), "--output_dir", str(out),
+    assert cli.run(["--mode", "test", "--data_dir", str(train_examples.data), "--output_dir", str(out),
                     "--preset", "small", "--log_level", "WARNING", "--feature_config", str(_write(
                         tmp_path / "f.pbtxt", "top_db: 70"))]) == 0
     with pytest.raises(ValueError, match="made with other features than the model"):

@@ -37,7 +37,7 @@ def exported(tmp_path_factory):
     labels = root / "labels.txt"
     labels.write_text("\n".join(demo_data.LABELS) + "\n")
     path = export.export_saved_model(model, FEATURES, TRAINER, str(labels), str(root / "base"),
-                                     serving_cfg=export.ServingConfig(max_request_seconds=40))
+                                     serving_cfg=config.ServingConfig(max_request_seconds=40))
     rng = np.random.default_rng(1)
     clips = [demo_data.make_clip([k, (k * 7) % 80], SR, rng).astype(np.float32) for k in range(5)]
     waveform, length = features.pad_batch(clips)

@@ -186,7 +186,7 @@ def test_training_learns_what_can_be_learned(tmp_path):
     import soundfile as sf
 
     from pipeline.data import demo_data
-    from pipeline.beam import feature_job as job
+    from pipeline.beam import cli
 
     data, rng = tmp_path / "data", np.random.default_rng(0)
     (data / "train_curated").mkdir(parents=True)
@@ -197,7 +197,7 @@ def test_training_learns_what_can_be_learned(tmp_path):
         rows.append(f"c{i}.wav,{demo_data.LABELS[k]}")
     (data / "train_curated.csv").write_text("fname,labels\n" + "\n".join(rows) + "\n")
     (data / "sample_submission.csv").write_text("fname," + ",".join(demo_data.LABELS) + "\n")
-    assert job.run(["--data_dir", str(data), "--output_dir", str(tmp_path / "ex"), "--preset", "small",
+    assert cli.run(["--data_dir", str(data), "--output_dir", str(tmp_path / "ex"), "--preset", "small",
                     "--eval_ratio", "0.25", "--log_level", "WARNING"]) == 0
     cfg = config.trainer_config("small", "epochs: 12 optimizer { learning_rate: 0.01 }")
     res = train.train(train.job_from_examples(str(tmp_path / "ex"), cfg, str(tmp_path / "work"), None))
