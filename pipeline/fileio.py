@@ -59,6 +59,7 @@ def write_bytes(path: str, data: bytes) -> None:
     """Write `data` to PATH.tmp, then rename it to `path` (replacing an older file)."""
     tmp = path + ".tmp"
     if is_local(path):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)    # as FileSystems.create does
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()

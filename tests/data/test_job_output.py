@@ -1,5 +1,4 @@
 """Guarding the job's output directory: refuse to mix runs, overwrite safely, trust only manifests."""
-import json
 
 import pytest
 
@@ -90,16 +89,6 @@ def test_require_complete_returns_the_manifest(tmp_path):
     make_run(tmp_path, output.STATUS_COMPLETE)
     manifest = output.require_complete(str(tmp_path))
     assert manifest == {"status": "complete", "created": "2026-01-01T00:00:00+00:00"}
-
-
-def test_write_json_leaves_no_temporary_file(tmp_path):
-    path = tmp_path / "m.json"
-    fileio.write_json(str(path), {"b": 1, "a": [1, 2]})
-    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
-    assert json.loads(path.read_text()) == {"a": [1, 2], "b": 1}
-    fileio.write_json(str(path), {"c": 3})  # replaces an existing file
-    assert json.loads(path.read_text()) == {"c": 3}
-    assert output.read_manifest(str(tmp_path)) is None  # not called manifest.json
 
 
 def test_overwrite_refuses_files_the_job_did_not_write_and_deletes_nothing(tmp_path):
