@@ -616,7 +616,8 @@ def test_cli_process_runs_tensorflow_without_keras_or_librosa():
     start, and the job never uses it): TensorFlow imports and computes features without it. Nor
     does the feature path import librosa (a test dependency only; its import costs ~0.8 s)."""
     code = ("import beam_runner, sys\n"
-            "from pipeline import audio, config, features\n"
+            "from pipeline import config\n"
+            "from pipeline.features import feature_fn as features\n"
             "import numpy as np\n"
             "cfg = config.feature_config('small')\n"
             "y = np.sin(np.arange(cfg.sample_rate, dtype=np.float32) / 7)\n"

@@ -591,7 +591,8 @@ def test_run_fn_exports_where_tfx_expects(train_examples, tmp_path, monkeypatch)
     fn_args = FnArgs(train_files=[str(train_examples.out / "train" / "*")],
                      eval_files=[str(train_examples.out / "eval" / "*")],
                      serving_model_dir=str(serving), model_run_dir=str(tmp_path / "run"),
-                     custom_config={"trainer_preset": "small", "trainer_config": "epochs: 1"})
+                     custom_config={"trainer_preset": "small", "trainer_config": "epochs: 1",
+                                    train.EXAMPLES_URI: str(train_examples.out)})
     train.run_fn(fn_args)
     assert fileio.exists(fn_args.serving_model_dir)
     assert (serving / "saved_model.pb").is_file()
@@ -610,6 +611,19 @@ def test_run_fn_without_files(tmp_path):
     fn_args = FnArgs(train_files=[str(tmp_path / "train" / "*")], eval_files=[str(tmp_path / "eval" / "*")],
                      serving_model_dir=str(tmp_path / "serving"), model_run_dir=str(tmp_path / "run"))
     with pytest.raises(ValueError, match="no TFRecord files match"):
+        train.run_fn(fn_args)
+
+
+def test_run_fn_needs_the_examples_folder_from_the_trainer_executor(train_examples, tmp_path):
+    """run_fn reads the manifest in the Examples artifact's folder, which components/trainer's
+    executor passes; without it, it says so rather than guess the folder from a file path."""
+    from tfx.components.trainer.fn_args_utils import FnArgs
+
+    fn_args = FnArgs(train_files=[str(train_examples.out / "train" / "*")],
+                     eval_files=[str(train_examples.out / "eval" / "*")],
+                     serving_model_dir=str(tmp_path / "serving"), model_run_dir=str(tmp_path / "run"),
+                     custom_config={"trainer_preset": "small"})
+    with pytest.raises(ValueError, match="examples_uri.*components.trainer"):
         train.run_fn(fn_args)
 
 
