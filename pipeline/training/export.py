@@ -30,8 +30,8 @@ the TF Serving way (tests/serving_loader.py), not with tf.saved_model.load.
 
 Bad requests fail inside the graph with INVALID_ARGUMENT and a message saying what is wrong (TF
 Serving passes it to the client): empty or mismatched batches, lengths out of range, NaN/Inf
-samples, audio longer than ServingConfig.max_request_seconds, examples without a mel or with a
-mel of the wrong size. (The messages avoid apostrophes: TF escapes them in error text.)
+samples, audio longer than ServingConfig.max_request_seconds, examples without a mel, with a
+mel of the wrong size or with NaN/Inf in it. (The messages avoid apostrophes: TF escapes them in error text.)
 """
 from __future__ import annotations
 
@@ -89,7 +89,8 @@ class Endpoints:
                     f"config of the model); an example has none or another size (sizes follow)",
             summarize=8)
         with tf.control_dependencies([sized]):
-            flat = tf.identity(mel.flat_values)
+            flat = tf.debugging.assert_all_finite(mel.flat_values, message="an example holds a mel with NaN or Inf "
+                                                                           "values (the Beam job writes finite features)")
         return self._scores(tf.reshape(flat, [-1, frames, n_mels]))
 
     def serve_waveform(self, waveform, length):

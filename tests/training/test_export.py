@@ -164,15 +164,20 @@ def _example(**features_):
     return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
 
 
-@pytest.mark.parametrize("case", ["no mel", "short mel", "long mel", "no examples"])
+@pytest.mark.parametrize("case", ["no mel", "short mel", "long mel", "no examples", "NaN mel", "Inf mel"])
 def test_bad_example_requests_are_refused_with_a_reason(exported, case):
+    """Through TF Serving's Session loader. A mel of NaN or Inf (no Beam job writes one: its
+    features are normalized finite values) is refused, not answered with ordinary-looking scores."""
     size = SHAPE[0] * SHAPE[1]
     good = exported["serialized"][0]
     batch = {"no mel": [good, _example(source_seconds=[1.0])],
              "short mel": [_example(mel=[0.0] * (size - 1)), good],
              "long mel": [good, _example(mel=[0.0] * (size + 40))],
-             "no examples": []}[case]
-    message = "holds no examples" if case == "no examples" else f"float feature mel of 101 x 40 = {size} values"
+             "no examples": [],
+             "NaN mel": [good, _example(mel=[float("nan")] * size)],
+             "Inf mel": [_example(mel=[0.0] * (size - 1) + [float("inf")]), good]}[case]
+    message = {"no examples": "holds no examples", "NaN mel": "NaN or Inf", "Inf mel": "NaN or Inf"}.get(
+        case, f"float feature mel of 101 x 40 = {size} values")
     with pytest.raises(tf.errors.InvalidArgumentError, match=message):
         exported["served"].run("serving_default", examples=np.array(batch, dtype=object))
 
