@@ -70,11 +70,12 @@ def _resolve(args: argparse.Namespace) -> feature_job.JobSpec:
     cfg = (config_lib.load_text(args.feature_config, args.preset) if args.feature_config
            else config_lib.feature_config(args.preset))
     try:
-        return feature_job.make_spec(output_dir=args.output_dir, cfg=cfg, data_dir=args.data_dir, mode=args.mode, csv=args.csv,
-                         audio_dir=args.audio_dir, labels=args.labels, eval_ratio=args.eval_ratio,
-                         max_error_ratio=args.max_error_ratio, batch_size=args.batch_size,
-                         intra_op_threads=args.tf_threads, compression=args.compression,
-                         inputs={"preset": args.preset, "feature_config": args.feature_config})
+        return feature_job.make_spec(output_dir=args.output_dir, cfg=cfg, data_dir=args.data_dir, mode=args.mode,
+                                     csv=args.csv, audio_dir=args.audio_dir, labels=args.labels,
+                                     eval_ratio=args.eval_ratio, max_error_ratio=args.max_error_ratio,
+                                     batch_size=args.batch_size, intra_op_threads=args.tf_threads,
+                                     compression=args.compression,
+                                     inputs={"preset": args.preset, "feature_config": args.feature_config})
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
 

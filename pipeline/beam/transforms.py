@@ -85,11 +85,10 @@ def _local_file_problem(path: str, audio_dir: str) -> str | None:
     or when the path is not local (object stores have neither)."""
     if not fileio.is_local(path):
         return None
-    real = os.path.realpath(path)
-    if not fileio.is_within(real, audio_dir):
-        return f"resolves to {real}, outside the audio folder {os.path.realpath(audio_dir)}"
+    if not fileio.is_within(path, audio_dir):      # resolves both: a symlink cannot hide where it points
+        return f"resolves to {os.path.realpath(path)}, outside the audio folder {os.path.realpath(audio_dir)}"
     try:
-        mode = os.stat(real).st_mode
+        mode = os.stat(path).st_mode      # follows links, as realpath did
     except FileNotFoundError:
         return None   # reported as missing_file by the read
     if not stat.S_ISREG(mode):
