@@ -25,6 +25,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from pipeline import fileio
 from pipeline.features import audio
 from pipeline.data import example_schema as examples
+from pipeline.data import job_output as output
 from pipeline.data import kaggle_layout
 from pipeline.data import tfrecord
 from pipeline import config as config_lib
@@ -251,7 +252,8 @@ class _WriteBundleFiles(beam.DoFn):
     Memory stays flat whatever the dataset size (no GroupByKey over examples); the files are
     renamed into place by `finalize_shards` once all bundles are done. A bundle that fails and is
     retried writes new files (fresh names); the failed attempt's files are never reported, so
-    finalize_shards deletes them as orphans.
+    finalize_shards deletes them as orphans. Every name starts with the run's id: a run deletes only
+    its own temporary files, never another run's or a stranger's.
 
     Why not Beam's WriteToTFRecord, which does the same temp-file/finalize dance: its GZIP is zlib
     level 6 (7.5 ms an example, measured in bench/README.md) with no Huffman-only setting (2.7 ms),
@@ -259,8 +261,8 @@ class _WriteBundleFiles(beam.DoFn):
     which the manifest lists.
     """
 
-    def __init__(self, tmp_dir: str, compression: str):
-        self._tmp_dir, self._compression = tmp_dir, compression
+    def __init__(self, tmp_dir: str, compression: str, run_id: str):
+        self._tmp_dir, self._compression, self._run_id = tmp_dir, compression, run_id
 
     def start_bundle(self):
         self._writers = {}
@@ -269,7 +271,8 @@ class _WriteBundleFiles(beam.DoFn):
         split, record = split_and_record
         writer = self._writers.get(split)
         if writer is None:
-            path = FileSystems.join(self._tmp_dir, f"{split}-{uuid.uuid4().hex}{tfrecord.suffix(self._compression)}")
+            name = f"{self._run_id}-{split}-{uuid.uuid4().hex}{tfrecord.suffix(self._compression)}"
+            path = FileSystems.join(self._tmp_dir, name)
             writer = self._writers[split] = tfrecord.TFRecordWriter(path, self._compression)
         writer.write(record)
         Metrics.counter(NAMESPACE, f"written_{split}").inc()
@@ -282,13 +285,16 @@ class _WriteBundleFiles(beam.DoFn):
         self._writers = {}
 
 
-def finalize_shards(_, infos: list[dict], out_dir: str, tmp_dir: str, split_prefix: str = "") -> dict:
+def finalize_shards(_, infos: list[dict], out_dir: str, tmp_dir: str, run_id: str, split_prefix: str = "") -> dict:
     """Rename the bundles' files to OUT/<prefix><split>/data-NNNNN-of-MMMMM.tfrecord[.gz]; drop orphans.
 
     Orphans are files of bundles that a runner retried: only the files reported by committed
-    bundles (`infos`) are kept. Safe to run again after a partial or complete run (a retried
-    step): a shard already renamed is left in place.
+    bundles (`infos`) are kept, and only this run's (`run_id`-) files are ever deleted. A symbolic
+    link that appeared in the output tree since the job checked it stops the job before any rename.
+    Safe to run again after a partial or complete run (a retried step): a shard already renamed is
+    left in place.
     """
+    output.refuse_links(out_dir)
     summary = {}
     for split in sorted({i["split"] for i in infos}):
         mine = sorted((i for i in infos if i["split"] == split), key=lambda i: i["tmp_path"])
@@ -305,12 +311,12 @@ def finalize_shards(_, infos: list[dict], out_dir: str, tmp_dir: str, split_pref
                 FileSystems.rename([info["tmp_path"]], [final])
             files.append({"path": rel, "records": info["records"]})
         summary[split] = {"records": sum(f["records"] for f in files), "files": files}
-    leftovers = [m.path for m in FileSystems.match([FileSystems.join(tmp_dir, "*")])[0].metadata_list]
+    leftovers = [m.path for m in FileSystems.match([FileSystems.join(tmp_dir, f"{run_id}-*")])[0].metadata_list]
     if leftovers:
         log.info("removing %d temporary files of retried bundles", len(leftovers))
         FileSystems.delete(leftovers)
-    if FileSystems.exists(tmp_dir):
-        FileSystems.delete([tmp_dir])
+    if fileio.is_local(tmp_dir) and os.path.isdir(tmp_dir) and not os.listdir(tmp_dir):
+        os.rmdir(tmp_dir)   # object stores have no folders to remove
     return summary
 
 
@@ -326,6 +332,7 @@ class WriteExamples(beam.PTransform):
         self._out_dir, self._eval_ratio, self._compression = out_dir, eval_ratio, compression
         self._split_prefix = split_prefix
         self._tmp_dir = FileSystems.join(out_dir, "_tmp")
+        self._run_id = uuid.uuid4().hex[:12]
 
     def _keyed_example(self, clip_mel):
         clip, mel = clip_mel
@@ -334,10 +341,10 @@ class WriteExamples(beam.PTransform):
 
     def expand(self, mels):
         infos = (mels | "Serialize" >> beam.Map(self._keyed_example)
-                 | "WriteBundles" >> beam.ParDo(_WriteBundleFiles(self._tmp_dir, self._compression)))
+                 | "WriteBundles" >> beam.ParDo(_WriteBundleFiles(self._tmp_dir, self._compression, self._run_id)))
         return (mels.pipeline | "FinalizeTrigger" >> beam.Create([None])
                 | "Finalize" >> beam.Map(finalize_shards, beam.pvalue.AsList(infos), self._out_dir, self._tmp_dir,
-                                         self._split_prefix))
+                                         self._run_id, self._split_prefix))
 
 
 def _write_dead_letters(letters: list[dict], path: str) -> dict:

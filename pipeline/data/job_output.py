@@ -7,12 +7,15 @@
 
 Readers trust an output only through its manifest (`require_complete`), so an interrupted run,
 which never writes one, cannot be mistaken for a finished run. A new run refuses to write into a
-directory that already holds files unless told to overwrite.
+directory that already holds files unless told to overwrite, and refuses a local output tree with a
+symbolic link inside it (the folder itself may be one): renames into a linked split folder or
+deletes under a linked `_tmp` would touch files elsewhere.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 
 from apache_beam.io.filesystems import FileSystems
@@ -49,6 +52,20 @@ def list_files(directory: str) -> list[str]:
     return sorted(m.path for m in matches)
 
 
+def refuse_links(directory: str) -> None:
+    """Raise OutputError naming the first symbolic link found inside a local `directory` (checked
+    with lstat, links never followed). The directory itself may be a link; URLs have no links."""
+    if not fileio.is_local(directory) or not os.path.isdir(directory):
+        return
+    for folder, dirs, files in os.walk(directory):
+        for name in sorted(dirs + files):
+            path = os.path.join(folder, name)
+            if os.path.islink(path):
+                raise OutputError(f"{path} is a symbolic link (to {os.readlink(path)}); the job refuses links inside "
+                                  f"its output folder, where its writes and deletes would reach files elsewhere: "
+                                  f"remove the link or choose another output directory")
+
+
 def _relative(directory: str, path: str) -> str:
     prefix = directory.rstrip("/") + "/"
     return path[len(prefix):] if path.startswith(prefix) else path
@@ -79,9 +96,10 @@ def prepare(directory: str, overwrite: bool, inputs: list[str] = ()) -> None:
     """Make `directory` ready for a new run, or refuse with the reason and the way out.
 
     Refused: an output that contains or lies inside one of `inputs`; a folder that cannot be
-    listed; without `overwrite`, any file; with it, any file a run of this job does not write
-    (overwrite deletes only the job's own files, never a stranger's)."""
+    listed; a symbolic link inside it; without `overwrite`, any file; with it, any file a run of
+    this job does not write (overwrite deletes only the job's own files, never a stranger's)."""
     check_separate(directory, list(inputs))
+    refuse_links(directory)
     files = list_files(directory)
     if not files:
         return

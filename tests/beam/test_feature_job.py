@@ -528,7 +528,7 @@ def test_a_retried_bundle_leaves_no_trace(tmp_path, compression):
     """A bundle that dies after writing (the runner retries it) leaves files that no committed bundle
     reports: finalize_shards deletes them, and the output holds each record exactly once."""
     tmp = str(tmp_path / "_tmp")
-    fn = bt._WriteBundleFiles(tmp, compression)
+    fn = bt._WriteBundleFiles(tmp, compression, "run1")
     records = [("train", f"r{i}".encode()) for i in range(5)] + [("eval", b"e0")]
     fn.start_bundle()                     # first attempt: writes, then the worker dies
     for r in records:
@@ -537,9 +537,9 @@ def test_a_retried_bundle_leaves_no_trace(tmp_path, compression):
         w.close()                         # its files are complete on disk, but never reported
     orphans = sorted(os.listdir(tmp))
     assert len(orphans) == 2
-    infos = _committed_bundle(bt._WriteBundleFiles(tmp, compression), records)   # the retry
-    infos += _committed_bundle(bt._WriteBundleFiles(tmp, compression), [("train", b"r5")])
-    summary = bt.finalize_shards(None, infos, str(tmp_path), tmp)
+    infos = _committed_bundle(bt._WriteBundleFiles(tmp, compression, "run1"), records)   # the retry
+    infos += _committed_bundle(bt._WriteBundleFiles(tmp, compression, "run1"), [("train", b"r5")])
+    summary = bt.finalize_shards(None, infos, str(tmp_path), tmp, "run1")
     assert not os.path.exists(tmp)
     assert summary["train"]["records"] == 6 and summary["eval"]["records"] == 1
     got = {split: sorted(r.numpy() for f in info["files"] for r in tf.data.TFRecordDataset(
@@ -554,14 +554,59 @@ def test_shard_finalization_survives_being_retried(tmp_path):
     tmp.mkdir()
     infos = []
     for i, split in enumerate(["train", "train", "eval"]):
-        p = tmp / f"{split}-{i:032x}.tfrecord.gz"
+        p = tmp / f"run1-{split}-{i:032x}.tfrecord.gz"
         p.write_bytes(f"shard {i}".encode())
         infos.append({"split": split, "tmp_path": str(p), "records": i + 1})
-    first = bt.finalize_shards(None, infos, str(tmp_path), str(tmp))
-    again = bt.finalize_shards(None, infos, str(tmp_path), str(tmp))
+    first = bt.finalize_shards(None, infos, str(tmp_path), str(tmp), "run1")
+    again = bt.finalize_shards(None, infos, str(tmp_path), str(tmp), "run1")
     assert first == again
     assert (tmp_path / "train" / "data-00001-of-00002.tfrecord.gz").read_bytes() == b"shard 1"
     assert not tmp.exists()
+
+
+def test_finalization_deletes_only_its_own_runs_temporary_files(tmp_path):
+    """Another run's temporary files (a concurrent or crashed run into the same folder) and a
+    stranger's file are left alone, and so is the `_tmp` folder that still holds them."""
+    tmp = tmp_path / "_tmp"
+    tmp.mkdir()
+    mine, orphan = tmp / "run1-train-aa.tfrecord", tmp / "run1-train-bb.tfrecord"
+    others = [tmp / "run2-train-cc.tfrecord", tmp / "train-dd.tfrecord", tmp / "notes.txt"]
+    for p in [mine, orphan, *others]:
+        p.write_bytes(p.name.encode())
+    bt.finalize_shards(None, [{"split": "train", "tmp_path": str(mine), "records": 1}], str(tmp_path), str(tmp), "run1")
+    assert (tmp_path / "train" / "data-00000-of-00001.tfrecord").read_bytes() == b"run1-train-aa.tfrecord"
+    assert sorted(p.name for p in tmp.iterdir()) == sorted(p.name for p in others)
+
+
+def test_finalization_refuses_a_split_folder_linked_since_the_start(tmp_path):
+    """A link that appears during the run (after prepare) stops the job before a rename could
+    replace a same-named file in the link's target."""
+    tmp, elsewhere = tmp_path / "_tmp", tmp_path.parent / f"{tmp_path.name}-elsewhere"
+    tmp.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "data-00000-of-00001.tfrecord").write_bytes(b"precious")
+    (tmp_path / "train").symlink_to(elsewhere)
+    shard = tmp / "run1-train-aa.tfrecord"
+    shard.write_bytes(b"new")
+    with pytest.raises(output.OutputError, match="train is a symbolic link"):
+        bt.finalize_shards(None, [{"split": "train", "tmp_path": str(shard), "records": 1}], str(tmp_path),
+                           str(tmp), "run1")
+    assert (elsewhere / "data-00000-of-00001.tfrecord").read_bytes() == b"precious"
+
+
+def test_a_linked_tmp_folder_fails_the_run_cleanly_and_keeps_the_targets_files(first, data, tmp_path, caplog):
+    """The run of issue 19 §1: OUT/_tmp -> SCRATCH, then --overwrite: both SCRATCH files were
+    deleted and the job died with a BeamIOError traceback. Now: exit 2, one line naming the link."""
+    out, scratch = tmp_path / "out", tmp_path / "scratch"
+    shutil.copytree(first.out, out)
+    scratch.mkdir()
+    for name in ("a.tfrecord", "b.wav"):
+        (scratch / name).write_bytes(b"keep me")
+    (out / "_tmp").symlink_to(scratch)
+    assert run_job(data, out, *LENIENT, "--overwrite") == 2
+    assert sorted(p.name for p in scratch.iterdir()) == ["a.tfrecord", "b.wav"]
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "_tmp is a symbolic link" in errors[0].getMessage() and not errors[0].exc_info
 
 
 def test_output_inside_the_data_folder_is_refused(data, tmp_path):

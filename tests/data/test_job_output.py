@@ -1,5 +1,7 @@
 """Guarding the job's output directory: refuse to mix runs, overwrite safely, trust only manifests."""
 
+import shutil
+
 import pytest
 
 from pipeline import fileio
@@ -124,6 +126,34 @@ def test_files_that_only_look_like_the_jobs_are_foreign(tmp_path, name):
     with pytest.raises(output.OutputError, match="did not write"):
         output.prepare(str(tmp_path), overwrite=True)
     assert (tmp_path / name).exists()
+
+
+@pytest.mark.parametrize("link", ["_tmp", "train", "Split-eval", "train/data-00001-of-00002.tfrecord.gz"])
+def test_a_symlink_inside_the_output_is_refused_and_nothing_outside_is_touched(tmp_path, link):
+    """Reproduces the data loss of issue 19: a `_tmp` linked to a scratch disk lost the disk's
+    files under --overwrite (Beam's listing does not descend into a linked folder, so the link
+    passed the "only our files" check). Any link inside the tree is refused; the target is kept."""
+    out = make_run(tmp_path / "out", output.STATUS_COMPLETE)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / "train-0123abcd.tfrecord.gz").write_bytes(b"someone else's")
+    (scratch / "data-00000-of-00001.tfrecord.gz").write_bytes(b"another's shard")
+    target = scratch / "data-00000-of-00001.tfrecord.gz" if link.endswith(".gz") else scratch
+    shutil.rmtree(out / "train") if link == "train" else (out / link).parent.mkdir(parents=True, exist_ok=True)
+    (out / link).symlink_to(target)
+    for overwrite in (False, True):
+        with pytest.raises(output.OutputError, match=rf"{link} is a symbolic link \(to {scratch}.*remove the link"):
+            output.prepare(str(out), overwrite=overwrite)
+    assert sorted(p.name for p in scratch.iterdir()) == ["data-00000-of-00001.tfrecord.gz", "train-0123abcd.tfrecord.gz"]
+    assert (out / output.MANIFEST).exists()
+
+
+def test_an_output_folder_that_is_itself_a_link_is_used(tmp_path):
+    """The folder the user names may be a link (an output on another disk); its tree may not."""
+    real = make_run(tmp_path / "real", output.STATUS_COMPLETE)
+    (tmp_path / "out").symlink_to(real)
+    output.prepare(str(tmp_path / "out"), overwrite=True)
+    assert real.is_dir() and output.list_files(str(real)) == []
 
 
 def test_output_and_input_folders_must_not_contain_each_other(tmp_path):
