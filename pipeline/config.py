@@ -155,6 +155,50 @@ def validate_trainer(cfg: TrainerConfig) -> None:
         raise ValueError("invalid TrainerConfig: " + "; ".join(problems))
 
 
+def serving_config(text: str = "") -> ServingConfig:
+    """A ServingConfig from its text proto (its own checks; `validate_serving` checks it against
+    the model's features)."""
+    try:
+        cfg = text_format.Parse(text or "", ServingConfig())
+    except text_format.ParseError as e:
+        raise ValueError(f"invalid ServingConfig text proto: {e}") from None
+    problems = []
+    if cfg.max_request_seconds <= 0:
+        problems.append("max_request_seconds must be > 0")
+    if cfg.max_batch <= 0:
+        problems.append("max_batch must be > 0")
+    if cfg.warmup_requests < 0:
+        problems.append("warmup_requests must be >= 0")
+    if problems:
+        raise ValueError("invalid ServingConfig: " + "; ".join(problems))
+    return cfg
+
+
+def warmup_shapes(features: FeatureConfig, count: int) -> list[tuple[int, int]]:
+    """(clips, samples per clip) of the export's `count` warm-up requests (export.warmup_requests)."""
+    return [(1 + i % 2, int(features.sample_rate * features.clip_seconds * (0.5 + i))) for i in range(count)]
+
+
+def validate_serving(cfg: ServingConfig, features: FeatureConfig) -> None:
+    """Refuse a ServingConfig whose warm-up requests the model itself would refuse: TF Serving
+    replays them when it loads a version and fails to load it if one fails."""
+    serving_config(to_text(cfg))
+    shapes = warmup_shapes(features, cfg.warmup_requests)
+    if not shapes:
+        return
+    clips, samples = max(c for c, _ in shapes), max(n for _, n in shapes)
+    problems = []
+    if samples > int(cfg.max_request_seconds * features.sample_rate):
+        problems.append(f"its longest warm-up clip lasts {samples / features.sample_rate:g} s (clip_seconds "
+                        f"{features.clip_seconds:g} x {cfg.warmup_requests - 0.5:g}) but max_request_seconds is "
+                        f"{cfg.max_request_seconds:g}: raise max_request_seconds or lower warmup_requests")
+    if clips > cfg.max_batch:
+        problems.append(f"its warm-up requests hold {clips} clips but max_batch is {cfg.max_batch}: raise "
+                        f"max_batch or set warmup_requests to 1")
+    if problems:
+        raise ValueError("invalid ServingConfig for this model: " + "; ".join(problems))
+
+
 def example_gen_config(text: str = "") -> AudioExampleGenConfig:
     """The Audio ExampleGen's config from its text proto, its feature config checked."""
     try:

@@ -127,3 +127,30 @@ def test_to_dict_small_preset_derived():
     d = config.to_dict(config.feature_config("small"))
     assert d["sample_rate"] == 16000 and d["n_mels"] == 40
     assert d["derived"] == {"clip_samples": 32000, "n_frames": 101, "fmax": 8000.0}
+
+
+def test_serving_config_parses_and_checks_its_own_fields():
+    assert config.serving_config("max_batch: 8").max_batch == 8
+    assert config.serving_config("").max_batch == 64
+    with pytest.raises(ValueError, match="invalid ServingConfig text proto"):
+        config.serving_config("max_batch: many")
+    with pytest.raises(ValueError, match="max_request_seconds must be > 0; max_batch must be > 0"):
+        config.serving_config("max_request_seconds: 0 max_batch: 0")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("warmup_requests: 13", r"longest warm-up clip lasts 62.5 s \(clip_seconds 5 x 12.5\) but max_request_seconds is 60"),
+    ("max_request_seconds: 12", r"lasts 12.5 s .* max_request_seconds is 12"),
+    ("max_batch: 1", "warm-up requests hold 2 clips but max_batch is 1: raise max_batch or set warmup_requests to 1"),
+])
+def test_a_serving_config_the_models_own_warmup_breaks_is_refused(text, message):
+    """Issue 19 §3: with the seed preset (5 s clips), 13 warm-up requests or a 12 s limit would
+    write warm-up requests the model refuses, and TF Serving would then fail to load the version."""
+    with pytest.raises(ValueError, match=message):
+        config.validate_serving(config.serving_config(text), config.feature_config("seed"))
+
+
+@pytest.mark.parametrize("text", ["", "warmup_requests: 12", "max_request_seconds: 12.5", "max_batch: 1 warmup_requests: 1",
+                                  "warmup_requests: 0 max_request_seconds: 1"])
+def test_serving_configs_at_the_edge_are_accepted(text):
+    config.validate_serving(config.serving_config(text), config.feature_config("seed"))

@@ -52,6 +52,8 @@ def arg_parser() -> argparse.ArgumentParser:
     ap.add_argument("--trainer_preset", choices=sorted(config_lib.TRAINER_PRESETS), default="default")
     ap.add_argument("--epochs", type=int, help="training epochs (overrides the preset)")
     ap.add_argument("--set", default="", help="TrainerConfig fields as text proto, e.g. 'batch_size: 32'")
+    ap.add_argument("--serving_config", help="a ServingConfig text proto file (proto/serving_config.proto): the "
+                                             "export's request limits max_batch, max_request_seconds, warmup_requests")
     ap.add_argument("--min_lwlrap", type=float, help="bless only above this eval lwlrap (default 0.4, proto/evaluator_config.proto)")
     ap.add_argument("--baseline_tolerance", type=float,
                     help="bless only if lwlrap >= the last blessed model's - this (default 0.01)")
@@ -97,7 +99,8 @@ def build(args, beam_args: list[str]):
         pipeline_name=args.pipeline_name, pipeline_root=local(args.pipeline_root), data_dir=local(args.data_dir),
         serving_root=local(args.serving_root), model_name=args.model_name,
         example_gen_config=_example_gen_config(args), trainer_preset=args.trainer_preset,
-        trainer_overrides=overrides, blessing=blessing, metadata_path=os.path.abspath(metadata),
+        trainer_overrides=overrides, blessing=blessing,
+        serving_config=fileio.read_text(args.serving_config) if args.serving_config else "", metadata_path=os.path.abspath(metadata),
         beam_pipeline_args=beam_args, enable_cache=not args.no_cache)
     return pipeline, os.path.abspath(metadata)
 

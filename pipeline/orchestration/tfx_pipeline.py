@@ -34,6 +34,7 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_dir: str, se
                     model_name: str = layout.MODEL_NAME,
                     example_gen_config=None,
                     trainer_preset: str = "default", trainer_overrides: str = "",
+                    serving_config: str = "",
                     blessing: config_lib.BlessingConfig | None = None,
                     metadata_path: str | None = None,
                     beam_pipeline_args: list[str] | None = None,
@@ -46,6 +47,8 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_dir: str, se
       serving_root: the Pusher writes SERVING_ROOT/<model_name>/<version>/, TF Serving's layout.
       example_gen_config: AudioExampleGenConfig (features, eval_ratio, max_error_ratio, ...).
       trainer_preset / trainer_overrides: a TrainerConfig preset and text-proto fields over it.
+      serving_config: a ServingConfig text proto (the export's request limits; checked here against
+        the ExampleGen's feature config).
       blessing: BlessingConfig thresholds (min_lwlrap, baseline_tolerance).
       metadata_path: the MLMD SQLite file for local runs (None: no connection config, as for
         Kubeflow, whose orchestrator brings its own).
@@ -61,7 +64,10 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_dir: str, se
     from components.serving_pusher import executor as serving_pusher
     from components.trainer import executor as trainer_executor
 
-    config_lib.trainer_config(trainer_preset, trainer_overrides)    # a bad trainer config fails here, not mid-run
+    # bad configs fail here, not mid-run
+    config_lib.trainer_config(trainer_preset, trainer_overrides)
+    config_lib.validate_serving(config_lib.serving_config(serving_config),
+                                (example_gen_config or config_lib.example_gen_config()).features)
     example_gen = AudioExampleGen(data_dir=data_dir, config=example_gen_config)
     statistics_gen = tfx.components.StatisticsGen(
         examples=example_gen.outputs["examples"],
@@ -76,7 +82,8 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_dir: str, se
         examples=example_gen.outputs["examples"],
         train_args=tfx.proto.TrainArgs(splits=["train"]),
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
-        custom_config={"trainer_preset": trainer_preset, "trainer_config": trainer_overrides})
+        custom_config={"trainer_preset": trainer_preset, "trainer_config": trainer_overrides,
+                       "serving_config": serving_config})
     baseline = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),

@@ -29,8 +29,8 @@ ExportArchive writes the variables the way that loader restores them. The tests 
 the TF Serving way (tests/serving_loader.py), not with tf.saved_model.load.
 
 Bad requests fail inside the graph with INVALID_ARGUMENT and a message saying what is wrong (TF
-Serving passes it to the client): empty or mismatched batches, lengths out of range, NaN/Inf
-samples, audio longer than ServingConfig.max_request_seconds, examples without a mel, with a
+Serving passes it to the client): empty or mismatched batches, batches of more than
+ServingConfig.max_batch clips, lengths out of range, NaN/Inf samples, audio longer than ServingConfig.max_request_seconds, examples without a mel, with a
 mel of the wrong size or with NaN/Inf in it. (The messages avoid apostrophes: TF escapes them in error text.)
 """
 from __future__ import annotations
@@ -69,6 +69,15 @@ class Endpoints:
         self._mel_shape = config_lib.mel_shape(feature_cfg)
         self._max_samples = int(serving_cfg.max_request_seconds * feature_cfg.sample_rate)
         self._max_seconds = serving_cfg.max_request_seconds
+        self._max_batch = serving_cfg.max_batch
+
+    def _batch_checks(self, batch, what: str) -> list:
+        """The request holds 1 to max_batch clips."""
+        return [tf.debugging.assert_greater(batch, 0, message=f"the request holds no {what}"),
+                tf.debugging.assert_less_equal(
+                    batch, self._max_batch,
+                    message=f"the request holds more than {self._max_batch} {what} (ServingConfig.max_batch); "
+                            f"split it into smaller requests")]
 
     def _scores(self, mel):
         # labels per row: TF Serving's row format and TFMA want every output batched
@@ -79,8 +88,7 @@ class Endpoints:
     def serve_examples(self, serialized):
         frames, n_mels = self._mel_shape
         size = frames * n_mels
-        nonempty = tf.debugging.assert_greater(tf.size(serialized), 0, message="the request holds no examples")
-        with tf.control_dependencies([nonempty]):
+        with tf.control_dependencies(self._batch_checks(tf.size(serialized), "examples")):
             mel = tf.io.parse_example(serialized, {examples.MEL: tf.io.RaggedFeature(tf.float32)})[examples.MEL]
         lengths = mel.row_lengths()
         sized = tf.debugging.assert_equal(
@@ -95,8 +103,7 @@ class Endpoints:
 
     def serve_waveform(self, waveform, length):
         batch, time_len = tf.shape(waveform)[0], tf.shape(waveform)[1]
-        checks = [
-            tf.debugging.assert_greater(batch, 0, message="the request holds no clips"),
+        checks = self._batch_checks(batch, "clips") + [
             tf.debugging.assert_equal(batch, tf.shape(length)[0],
                                       message="waveform and length must have the same batch size"),
             tf.debugging.assert_greater(time_len, 0, message="waveform is empty: its time axis has 0 samples"),
@@ -114,8 +121,7 @@ class Endpoints:
         return self._scores(features.compute_features(waveform, length, self._feature_cfg))
 
     def serve_audio(self, wav_bytes):
-        nonempty = tf.debugging.assert_greater(tf.size(wav_bytes), 0, message="the request holds no files")
-        with tf.control_dependencies([nonempty]):
+        with tf.control_dependencies(self._batch_checks(tf.size(wav_bytes), "files")):
             waveform, length = audio_graph.decode_batch(wav_bytes, self._feature_cfg.sample_rate, self._max_seconds,
                                                         self._feature_cfg.limits)
         return self._scores(features.compute_features(waveform, length, self._feature_cfg))
@@ -146,11 +152,10 @@ def warmup_requests(feature_cfg: config_lib.FeatureConfig, count: int) -> list:
     function, as the Beam job would write them. Deterministic."""
     sr, rng = feature_cfg.sample_rate, np.random.default_rng(0)
     logs = []
-    for i in range(count):
-        n = int(sr * feature_cfg.clip_seconds * (0.5 + i))
+    for i, (clips, n) in enumerate(config_lib.warmup_shapes(feature_cfg, count)):
         t = np.arange(n) / sr
         clip = (0.3 * np.sin(2 * np.pi * (200 + 400 * t) * t) + rng.normal(0, 0.01, n)).astype(np.float32)
-        batch = [clip] * (1 + i % 2)                       # batch sizes 1 and 2
+        batch = [clip] * clips
         waveform, length = features.pad_batch(batch)
         logs.append(_warmup_log(layout.SERVING_WAVEFORM, {"waveform": waveform, "length": length}))
         mel = features.compute_features(waveform, length, feature_cfg).numpy()
@@ -180,6 +185,7 @@ def export_saved_model(model: keras.Model, feature_cfg: config_lib.FeatureConfig
     have no atomic rename; there the version is written in place.
     """
     serving_cfg = serving_cfg or config_lib.ServingConfig()
+    config_lib.validate_serving(serving_cfg, feature_cfg)     # before anything is written
     version = version or int(time.time())
     final = os.path.join(export_base, str(version))
     if tf.io.gfile.exists(final):

@@ -18,7 +18,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -47,6 +47,7 @@ class TrainJob:
     eval_examples: int | None = None
     export_version: str | None = None      # EXPORT_BASE/<this>/ instead of a timestamp (TFX: "Format-Serving")
     data_id: str | None = None             # which Beam job output: its folder and manifest time (backups check it)
+    serving_cfg: config_lib.ServingConfig = field(default_factory=config_lib.ServingConfig)   # the export's limits
 
     @property
     def labels(self) -> list[str]:
@@ -54,9 +55,11 @@ class TrainJob:
 
 
 def job_from_examples(examples_dir: str, cfg: config_lib.TrainerConfig, work_dir: str, export_base: str | None,
-                      files: tuple[list[str], list[str]] | None = None, export_version: str | None = None) -> TrainJob:
+                      files: tuple[list[str], list[str]] | None = None, export_version: str | None = None,
+                      serving_cfg: config_lib.ServingConfig | None = None) -> TrainJob:
     """A TrainJob over a finished Beam job output: its manifest gives the input shape, labels,
-    feature config and, unless `files` (train, eval) are given, the train and eval shards."""
+    feature config and, unless `files` (train, eval) are given, the train and eval shards.
+    `serving_cfg` is checked against that feature config here, before any training."""
     manifest = output.require_complete(examples_dir)
     if manifest["mode"] != "train":
         raise ValueError(f"{examples_dir} holds {manifest['mode']!r} examples, not labelled train/eval ones")
@@ -66,12 +69,14 @@ def job_from_examples(examples_dir: str, cfg: config_lib.TrainerConfig, work_dir
     records = {fileio.join(examples_dir, f["path"]): f["records"]
                for split in manifest["splits"].values() for f in split["files"]}
     count = lambda fs: sum(records[f] for f in fs) if all(f in records for f in fs) else None  # noqa: E731
+    feature_cfg = config_lib.from_text(manifest["feature_config_text"])
+    serving_cfg = serving_cfg or config_lib.ServingConfig()
+    config_lib.validate_serving(serving_cfg, feature_cfg)
     return TrainJob(train_files=files[0], eval_files=files[1], train_examples=count(files[0]),
                     eval_examples=count(files[1]), mel_shape=tuple(manifest["example"]["mel_shape"]),
-                    labels_path=fileio.join(examples_dir, manifest["labels"]["file"]),
-                    feature_cfg=config_lib.from_text(manifest["feature_config_text"]),
+                    labels_path=fileio.join(examples_dir, manifest["labels"]["file"]), feature_cfg=feature_cfg,
                     cfg=cfg, work_dir=work_dir, export_base=export_base, export_version=export_version,
-                    data_id=f"{examples_dir} {manifest.get('created', '')}")
+                    data_id=f"{examples_dir} {manifest.get('created', '')}", serving_cfg=serving_cfg)
 
 
 def _tf_config() -> dict:
@@ -237,7 +242,7 @@ def train(job: TrainJob) -> dict:
     if job.export_base:  # every worker saves (collectives); non-chiefs into a throwaway directory
         base = job.export_base if chief else tempfile.mkdtemp(prefix="fatp-export-")
         results["export_path"] = export.export_saved_model(model, job.feature_cfg, cfg, job.labels_path, base,
-                                                           version=job.export_version)
+                                                           version=job.export_version, serving_cfg=job.serving_cfg)
     if chief:
         with open(os.path.join(job.work_dir, "results.json"), "w") as f:
             json.dump(results, f, indent=1, default=float)
@@ -254,7 +259,7 @@ def run_fn(fn_args) -> None:
     """The TFX Trainer's entry point (GenericExecutor): the same `train()` as the command line.
 
     custom_config: {"trainer_config": text proto (optional), "trainer_preset": name (optional),
-    "examples_uri": the Examples artifact's folder (components/trainer's executor adds it)}. The
+    "serving_config": ServingConfig text proto (optional), "examples_uri": the Examples artifact's folder (components/trainer's executor adds it)}. The
     examples' manifest there gives the input shape, labels and features.
     The SavedModel is written to fn_args.serving_model_dir itself, where TFX's GenericExecutor
     checks for it (and Evaluator and Pusher read it); results, plots and logs go to model_run_dir.
@@ -273,7 +278,8 @@ def run_fn(fn_args) -> None:
                          f"(it passes the Examples artifact's folder, where manifest.json lies)")
     serving_dir = fn_args.serving_model_dir.rstrip("/")
     train(job_from_examples(examples_dir, cfg, fn_args.model_run_dir, os.path.dirname(serving_dir),
-                            files=(train_files, eval_files), export_version=os.path.basename(serving_dir)))
+                            files=(train_files, eval_files), export_version=os.path.basename(serving_dir),
+                            serving_cfg=config_lib.serving_config(custom.get("serving_config", ""))))
 
 
 def arg_parser() -> argparse.ArgumentParser:
@@ -286,6 +292,8 @@ def arg_parser() -> argparse.ArgumentParser:
                     help="default: measured best; seed: the Kaggle kernel's recipe; small: tiny, for tests")
     ap.add_argument("--trainer_config", help="a TrainerConfig text proto file merged over --preset")
     ap.add_argument("--set", default="", help="TrainerConfig fields as text proto, e.g. 'epochs: 5 batch_size: 64'")
+    ap.add_argument("--serving_config", help="a ServingConfig text proto file: the export's request limits "
+                                             "(max_batch, max_request_seconds, warmup_requests)")
     ap.add_argument("--cpu_replicas", type=int, default=0,
                     help="split the CPU into this many logical devices (MirroredStrategy replicas without GPUs)")
     return ap
@@ -299,7 +307,8 @@ def main(argv: list[str] | None = None) -> None:
         cfg = config_lib.trainer_config(args.preset, overrides)
         if args.cpu_replicas:
             split_cpu(args.cpu_replicas)
-        job = job_from_examples(args.examples, cfg, args.work_dir, args.export_dir)
+        serving_cfg = config_lib.serving_config(fileio.read_text(args.serving_config) if args.serving_config else "")
+        job = job_from_examples(args.examples, cfg, args.work_dir, args.export_dir, serving_cfg=serving_cfg)
     except (ValueError, FileNotFoundError, output.OutputError) as e:
         sys.exit(f"error: {e}")
     from pipeline.training.resume import BackupMismatch

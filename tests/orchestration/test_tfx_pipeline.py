@@ -311,3 +311,14 @@ def test_the_same_pipeline_compiles_for_kubeflow_v2(tmp_path):
     assert "pipeline.training.train.run_fn" in text and "components.audio_example_gen.executor.Executor" in text
     assert "--runner=FnApiRunner" in " ".join(containers["AudioExampleGen"]["args"])
     assert "gs://bucket/fat2019" in text
+
+
+def test_a_serving_config_the_model_would_refuse_stops_the_run_before_it_starts(tmp_path, capsys):
+    """--serving_config reaches the pipeline and is checked against the ExampleGen's features
+    (small preset: warm-up clips of 1, 3 and 5 s) before any component runs."""
+    cfg = tmp_path / "serving.pbtxt"
+    cfg.write_text("max_request_seconds: 3")
+    rc = local_runner.run(_flags(tmp_path, tmp_path / "data", serving_config=cfg))
+    assert rc == 2
+    assert "error: invalid ServingConfig for this model: its longest warm-up clip lasts 5 s" in capsys.readouterr().err
+    assert not (tmp_path / "pipeline" / "metadata.sqlite").exists()

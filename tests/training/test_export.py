@@ -30,14 +30,15 @@ SR = FEATURES.sample_rate
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A small model (seeded random weights: its scores depend on the input) exported with a
-    40-second request limit, its Session-loaded twin and a few real clips."""
+    40-second request limit and a batch cap of 5 (the clips here: every request below is at the
+    cap), its Session-loaded twin and a few real clips."""
     root = tmp_path_factory.mktemp("export")
     keras.utils.set_random_seed(7)
     model = model_lib.build_model(SHAPE, 80, TRAINER)
     labels = root / "labels.txt"
     labels.write_text("\n".join(demo_data.LABELS) + "\n")
     path = export.export_saved_model(model, FEATURES, TRAINER, str(labels), str(root / "base"),
-                                     serving_cfg=config.ServingConfig(max_request_seconds=40))
+                                     serving_cfg=config.ServingConfig(max_request_seconds=40, max_batch=5))
     rng = np.random.default_rng(1)
     clips = [demo_data.make_clip([k, (k * 7) % 80], SR, rng).astype(np.float32) for k in range(5)]
     waveform, length = features.pad_batch(clips)
@@ -157,6 +158,34 @@ def test_bad_waveform_requests_are_refused_with_a_reason(exported, case):
 def test_the_longest_accepted_request_is_scored(exported):
     w, n = _wave(1, 40 * SR)
     assert exported["served"].run("serving_waveform", waveform=w, length=n)["scores"].shape == (1, 80)
+
+
+@pytest.mark.parametrize("signature", ["serving_default", "serving_waveform", "serving_audio"])
+def test_every_signature_scores_a_request_at_max_batch_and_refuses_one_past_it(exported, signature):
+    """ServingConfig.max_batch bounds the clips of one request, so a request's memory is bounded by
+    the config (max_batch x max_request_seconds): 5 clips are scored, 6 refused before any work."""
+    clips = exported["clips"] + exported["clips"][:1]
+    waveform, length = features.pad_batch(clips)
+    requests = {"serving_default": lambda k: dict(examples=np.concatenate([exported["serialized"]] * 2)[:k]),
+                "serving_waveform": lambda k: dict(waveform=waveform[:k], length=length[:k]),
+                "serving_audio": lambda k: dict(audio=np.array([_wav(c, SR) for c in clips[:k]], dtype=object))}
+    assert exported["served"].run(signature, **requests[signature](5))["scores"].shape == (5, 80)
+    what = {"serving_default": "examples", "serving_waveform": "clips", "serving_audio": "files"}[signature]
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=rf"holds more than 5 {what} \(ServingConfig.max_batch\); split it"):
+        exported["served"].run(signature, **requests[signature](6))
+
+
+def test_an_export_whose_warmup_the_model_would_refuse_is_refused_before_writing(exported, tmp_path):
+    """TF Serving replays the warm-up requests on load and fails the version if one fails: a
+    ServingConfig that makes them too long or too large for its own limits is refused, and
+    nothing is written."""
+    for serving, message in [(config.ServingConfig(max_request_seconds=4.9), r"lasts 5 s .* max_request_seconds is 4.9"),
+                             (config.ServingConfig(max_batch=1), "hold 2 clips but max_batch is 1")]:
+        with pytest.raises(ValueError, match=message):
+            export.export_saved_model(exported["model"], FEATURES, TRAINER, str(exported["labels"]),
+                                      str(tmp_path / "base"), serving_cfg=serving)
+    assert not (tmp_path / "base").exists()
 
 
 def _example(**features_):

@@ -582,7 +582,8 @@ def test_run_fn_exports_where_tfx_expects(train_examples, tmp_path, monkeypatch)
     """The TFX Trainer's entry point with the FnArgs its GenericExecutor builds: the same train()
     as the command line; the SavedModel lands in serving_model_dir itself, which GenericExecutor
     checks right after run_fn ('run_fn failed to generate model' otherwise) and Evaluator/Pusher
-    read; results go to model_run_dir; custom_config picks the preset and overrides."""
+    read; results go to model_run_dir; custom_config picks the preset and overrides, and the
+    ServingConfig the export follows (one warm-up request per signature here)."""
     from tfx.components.trainer.fn_args_utils import FnArgs
     from tfx.dsl.io import fileio
 
@@ -592,8 +593,11 @@ def test_run_fn_exports_where_tfx_expects(train_examples, tmp_path, monkeypatch)
                      eval_files=[str(train_examples.out / "eval" / "*")],
                      serving_model_dir=str(serving), model_run_dir=str(tmp_path / "run"),
                      custom_config={"trainer_preset": "small", "trainer_config": "epochs: 1",
+                                    "serving_config": "warmup_requests: 1",
                                     train.EXAMPLES_URI: str(train_examples.out)})
     train.run_fn(fn_args)
+    warmup = serving / "assets.extra" / "tf_serving_warmup_requests"
+    assert sum(1 for _ in tf.data.TFRecordDataset(str(warmup))) == 3
     assert fileio.exists(fn_args.serving_model_dir)
     assert (serving / "saved_model.pb").is_file()
     assert (serving / "assets" / "labels.txt").read_text() == (train_examples.out / "labels.txt").read_text()
@@ -657,6 +661,18 @@ def test_cli_bad_preset_and_config(train_examples, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         train.main(["--examples", str(train_examples.out), "--work_dir", str(tmp_path), "--set", "epochs: 0"])
     assert "invalid TrainerConfig: batch_size and epochs must be > 0" in str(e.value.code)
+
+
+def test_cli_checks_the_serving_config_against_the_features_before_training(train_examples, tmp_path):
+    """--serving_config is read and checked against the examples' feature config (small preset:
+    2 s clips, so the third warm-up request lasts 5 s) before anything is trained or written."""
+    bad = tmp_path / "serving.pbtxt"
+    bad.write_text("max_request_seconds: 4")
+    with pytest.raises(SystemExit) as e:
+        train.main(["--examples", str(train_examples.out), "--work_dir", str(tmp_path / "work"),
+                    "--serving_config", str(bad)])
+    assert "invalid ServingConfig for this model: its longest warm-up clip lasts 5 s" in str(e.value.code)
+    assert not (tmp_path / "work").exists()
 
 
 @pytest.mark.slow
