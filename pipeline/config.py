@@ -217,20 +217,26 @@ def from_text(text: str, message_cls=FeatureConfig):
     return text_format.Parse(text, message_cls())
 
 
-def _with_defaults_set(msg):
+def with_defaults(msg):
     """A copy of a proto2 message with every default written out explicitly, recursively."""
     out = type(msg)()
     for field in msg.DESCRIPTOR.fields:
         if field.message_type is not None:
-            getattr(out, field.name).CopyFrom(_with_defaults_set(getattr(msg, field.name)))
+            getattr(out, field.name).CopyFrom(with_defaults(getattr(msg, field.name)))
         else:
             setattr(out, field.name, getattr(msg, field.name))
     return out
 
 
+def resolved_text(cfg) -> str:
+    """The text proto with every default written out: what a cache key must hold, since a
+    changed default changes the result but not the text of the fields that were set."""
+    return to_text(with_defaults(cfg))
+
+
 def to_dict(cfg) -> dict:
     """Every field, defaults included (plus, for features, the derived shape): what manifests record."""
-    d = json.loads(json_format.MessageToJson(_with_defaults_set(cfg), preserving_proto_field_name=True))
+    d = json.loads(json_format.MessageToJson(with_defaults(cfg), preserving_proto_field_name=True))
     if isinstance(cfg, FeatureConfig):
         d["derived"] = {"clip_samples": clip_samples(cfg), "n_frames": n_frames(cfg), "fmax": fmax(cfg)}
     return d

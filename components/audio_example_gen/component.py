@@ -4,11 +4,16 @@
         -> outputs["examples"]: standard_artifacts.Examples (Split-train, Split-eval)
 
 A BaseBeamComponent, so the pipeline's `beam_pipeline_args` (runner, workers, Dataflow flags) reach
-the feature job. Its parameters are the data folder and the config (proto/example_gen_config.proto,
-stored as a text proto so MLMD shows it readably); its driver (driver.py) adds a fingerprint of
-the data folder's contents, so that TFX's cache sees changed data and not only a changed path.
+the feature job. Its parameters, which TFX's cache key holds, are the data folder, the config
+(proto/example_gen_config.proto, stored as a text proto with every default written out, so MLMD
+shows it readably and a changed default is a changed key) and the code's version
+(pipeline/versions.py: the project version and a digest of the feature job's source); its driver
+(driver.py) adds a fingerprint of the data folder's contents, so that TFX's cache sees changed
+data and not only a changed path.
 """
 from __future__ import annotations
+
+import os
 
 from tfx.dsl.components.base import base_beam_component, executor_spec
 from tfx.types import channel, standard_artifacts
@@ -16,12 +21,14 @@ from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionP
 
 from components.audio_example_gen import driver, executor, inputs
 from pipeline import config as config_lib
+from pipeline import versions
 
 
 class AudioExampleGenSpec(ComponentSpec):
     PARAMETERS = {
         inputs.DATA_DIR: ExecutionParameter(type=str),
         inputs.CONFIG: ExecutionParameter(type=str),
+        inputs.CODE_VERSION: ExecutionParameter(type=str),
     }
     INPUTS = {}
     OUTPUTS = {executor.EXAMPLES: ChannelParameter(type=standard_artifacts.Examples)}
@@ -38,5 +45,7 @@ class AudioExampleGen(base_beam_component.BaseBeamComponent):
         the seed's features, 10% eval)."""
         cfg = config if config is not None else config_lib.AudioExampleGenConfig()
         config_lib.validate(cfg.features)       # fail at pipeline construction, not at run time
-        super().__init__(spec=AudioExampleGenSpec(data_dir=data_dir, config=config_lib.to_text(cfg),
+        code = versions.code_version(versions.FEATURE_JOB, os.path.dirname(os.path.abspath(__file__)))
+        super().__init__(spec=AudioExampleGenSpec(data_dir=data_dir, config=config_lib.resolved_text(cfg),
+                                                  code_version=code,
                                                   examples=channel.Channel(type=standard_artifacts.Examples)))

@@ -6,11 +6,12 @@ or edited. TFX's launcher runs a component's custom driver before the cache look
 exec properties the driver returns into the cache key (tfx/orchestration/portable/launcher.py),
 which is how TFX's own FileBasedExampleGen notices new files. This driver does the same: it adds
 `input_fingerprint` (inputs.fingerprint: the CSV's and label file's bytes, and each audio
-file's name, size and modification time), so changed data means a cache miss and a new run, and
-unchanged data a hit. The fingerprint is also written on the output Examples artifact.
+file's name, size and modification time, or with `fingerprint: CONTENT` a checksum of its bytes),
+so changed data means a cache miss and a new run, and unchanged data a hit. The fingerprint is
+also written on the output Examples artifact.
 
-Kubeflow V2 / Vertex do not run custom drivers; there caching is the orchestrator's own (see
-BUILD_NOTES.md), and a changed data folder should come with a new `data_dir` or caching off.
+Kubeflow V2 / Vertex do not run custom drivers: there `fatp-kubeflow` compiles the ExampleGen with
+caching off (pipeline/orchestration/kubeflow.py).
 """
 from __future__ import annotations
 
@@ -39,8 +40,8 @@ class Driver(base_driver.BaseDriver, ir_base_driver.BaseDriver):
 
     def run(self, execution_info: portable_data_types.ExecutionInfo) -> driver_output_pb2.DriverOutput:
         props = dict(execution_info.exec_properties)
-        paths = inputs.resolve(props[inputs.DATA_DIR], config_lib.example_gen_config(props.get(inputs.CONFIG, "")))
-        props[inputs.FINGERPRINT] = inputs.fingerprint(paths)
+        cfg = config_lib.example_gen_config(props.get(inputs.CONFIG, ""))
+        props[inputs.FINGERPRINT] = inputs.fingerprint(inputs.resolve(props[inputs.DATA_DIR], cfg), cfg.fingerprint)
         log.info("input fingerprint of %s: %s", props[inputs.DATA_DIR], props[inputs.FINGERPRINT])
         result = driver_output_pb2.DriverOutput()
         for key, value in props.items():

@@ -16,6 +16,7 @@ from pipeline.config import AudioExampleGenConfig
 # exec property names (component spec parameters, plus the one the driver adds)
 DATA_DIR = "data_dir"
 CONFIG = "config"
+CODE_VERSION = "code_version"
 FINGERPRINT = "input_fingerprint"   # the name TFX's own ExampleGen uses for the same idea
 
 
@@ -45,12 +46,28 @@ def _metadata(pattern: str) -> list:
         raise ValueError(f"cannot list {pattern}: {e}") from None
 
 
-def fingerprint(paths: InputPaths) -> str:
-    """A digest that changes when the data changes: the CSV's and the label file's bytes, and the
-    name, size and modification time of every file under the audio folder (what TFX's
-    FileBasedExampleGen fingerprints too, without reading gigabytes of audio).
+def _content_checksum(path: str) -> str:
+    """The object store's checksum of a file where it keeps one, else sha256 of its bytes. (Beam's
+    local filesystem answers a file's size as its "checksum": never used here.)"""
+    if "://" in path:
+        try:
+            return FileSystems.checksum(path)
+        except Exception:  # noqa: BLE001 -- a store without checksums: read the bytes
+            pass
+    h = hashlib.sha256()
+    with FileSystems.open(path, compression_type="uncompressed") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
-    Returns "sha256:<hex> files=<n> bytes=<total>", readable in MLMD."""
+
+def fingerprint(paths: InputPaths, mode: int = AudioExampleGenConfig.METADATA) -> str:
+    """A digest that changes when the data changes: the CSV's and the label file's bytes, and for
+    every file under the audio folder its name and size with, by `mode`, its modification time
+    (METADATA, what TFX's FileBasedExampleGen fingerprints too, without reading gigabytes of
+    audio) or a checksum of its content (CONTENT).
+
+    Returns "sha256:<hex> files=<n> bytes=<total>[ content]", readable in MLMD."""
     for what, path in (("CSV", paths.csv), ("label file", paths.labels), ("audio folder", paths.audio_dir)):
         if not FileSystems.exists(path):
             raise ValueError(f"the {what} {path} does not exist")
@@ -59,8 +76,10 @@ def fingerprint(paths: InputPaths) -> str:
         with FileSystems.open(path, compression_type="uncompressed") as f:
             h.update(path.encode() + b"\0" + hashlib.sha256(f.read()).digest())
     files = sorted(_metadata(FileSystems.join(paths.audio_dir, "**")), key=lambda m: m.path)
+    content = mode == AudioExampleGenConfig.CONTENT
     total = 0
     for m in files:
         total += m.size_in_bytes
-        h.update(f"{m.path}\0{m.size_in_bytes}\0{m.last_updated_in_seconds}\n".encode())
-    return f"sha256:{h.hexdigest()} files={len(files)} bytes={total}"
+        version = _content_checksum(m.path) if content else m.last_updated_in_seconds
+        h.update(f"{m.path}\0{m.size_in_bytes}\0{version}\n".encode())
+    return f"sha256:{h.hexdigest()} files={len(files)} bytes={total}{' content' if content else ''}"

@@ -17,6 +17,7 @@ import os
 
 from pipeline import config as config_lib
 from pipeline import saved_model_layout as layout
+from pipeline import versions
 from pipeline.beam import runners
 from pipeline.data import example_schema as examples_lib
 from pipeline.metrics import lwlrap_tfma
@@ -63,9 +64,10 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_dir: str, se
     from components.audio_example_gen import AudioExampleGen
     from components.serving_pusher import executor as serving_pusher
     from components.trainer import executor as trainer_executor
+    from pipeline.training import train
 
     # bad configs fail here, not mid-run
-    config_lib.trainer_config(trainer_preset, trainer_overrides)
+    trainer_cfg = config_lib.trainer_config(trainer_preset, trainer_overrides)
     config_lib.validate_serving(config_lib.serving_config(serving_config),
                                 (example_gen_config or config_lib.example_gen_config()).features)
     example_gen = AudioExampleGen(data_dir=data_dir, config=example_gen_config)
@@ -82,8 +84,11 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_dir: str, se
         examples=example_gen.outputs["examples"],
         train_args=tfx.proto.TrainArgs(splits=["train"]),
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
+        # the cache key: the resolved config (defaults written out) and the code's version, not a preset's name
         custom_config={"trainer_preset": trainer_preset, "trainer_config": trainer_overrides,
-                       "serving_config": serving_config})
+                       train.RESOLVED_CONFIG: config_lib.resolved_text(trainer_cfg),
+                       train.CODE_VERSION: versions.code_version(versions.TRAINER, os.path.dirname(trainer_executor.__file__)),
+                       "serving_config": config_lib.resolved_text(config_lib.serving_config(serving_config))})
     baseline = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),

@@ -253,12 +253,16 @@ def train(job: TrainJob) -> dict:
 
 
 EXAMPLES_URI = "examples_uri"    # custom_config key set by components/trainer/executor.py
+RESOLVED_CONFIG = "trainer_config_resolved"   # custom_config keys set by the pipeline (its cache key)
+CODE_VERSION = "code_version"
 
 
 def run_fn(fn_args) -> None:
     """The TFX Trainer's entry point (GenericExecutor): the same `train()` as the command line.
 
     custom_config: {"trainer_config": text proto (optional), "trainer_preset": name (optional),
+    "trainer_config_resolved": the two resolved, every default written out (what the pipeline's
+    cache key holds; when present it is what trains), "code_version" (for the cache key only),
     "serving_config": ServingConfig text proto (optional), "examples_uri": the Examples artifact's folder (components/trainer's executor adds it)}. The
     examples' manifest there gives the input shape, labels and features.
     The SavedModel is written to fn_args.serving_model_dir itself, where TFX's GenericExecutor
@@ -267,7 +271,11 @@ def run_fn(fn_args) -> None:
     import tensorflow as tf
 
     custom = fn_args.custom_config or {}
-    cfg = config_lib.trainer_config(custom.get("trainer_preset", "default"), custom.get("trainer_config", ""))
+    if custom.get(RESOLVED_CONFIG):
+        cfg = config_lib.from_text(custom[RESOLVED_CONFIG], config_lib.TrainerConfig)
+        config_lib.validate_trainer(cfg)
+    else:
+        cfg = config_lib.trainer_config(custom.get("trainer_preset", "default"), custom.get("trainer_config", ""))
     train_files = sorted(f for pattern in fn_args.train_files for f in tf.io.gfile.glob(pattern))
     eval_files = sorted(f for pattern in fn_args.eval_files for f in tf.io.gfile.glob(pattern))
     if not train_files or not eval_files:

@@ -46,6 +46,53 @@ def test_fingerprint_changes_with_the_data_and_only_then(data):
     assert inputs.fingerprint(_paths(data_dir)) != second
 
 
+def test_content_fingerprint_sees_what_metadata_misses(data):
+    """Issue 19 §5: a clip rewritten with the same size and modification time (rsync -a, cp -p,
+    coarse-mtime filesystems) leaves the default (metadata) fingerprint unchanged, which is the
+    documented limit of that mode; `fingerprint: CONTENT` sees it and is stable otherwise."""
+    data_dir, _ = data
+    content = config.AudioExampleGenConfig.CONTENT
+    before = inputs.fingerprint(_paths(data_dir)), inputs.fingerprint(_paths(data_dir), content)
+    assert before[1].endswith(" content") and before[1] != before[0]
+    assert inputs.fingerprint(_paths(data_dir), content) == before[1]
+    clip = data_dir / "train_curated" / "tr00003.wav"
+    stat = clip.stat()
+    raw = bytearray(clip.read_bytes())
+    raw[-100:] = bytes(100)                       # other samples, same size
+    clip.write_bytes(bytes(raw))
+    os.utime(clip, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert inputs.fingerprint(_paths(data_dir)) == before[0]
+    assert inputs.fingerprint(_paths(data_dir), content) != before[1]
+
+
+def test_the_component_key_holds_the_resolved_config_and_the_codes_version(data):
+    """The ExampleGen's parameters (TFX's cache key) hold its config with every default written
+    out and the code's version, so a release that changes a default or the feature code is a
+    cache miss even though the user's config text is the same."""
+    from components.audio_example_gen import AudioExampleGen
+    from pipeline import versions
+
+    data_dir, _ = data
+    props = AudioExampleGen(data_dir=str(data_dir)).exec_properties
+    assert "n_mels: 128" in props[inputs.CONFIG] and "fingerprint: METADATA" in props[inputs.CONFIG]
+    assert config.example_gen_config(props[inputs.CONFIG]) == config.with_defaults(config.AudioExampleGenConfig())
+    assert props[inputs.CODE_VERSION].startswith(versions.project_version() + " code=")
+
+
+def test_the_code_digest_changes_with_any_source_file_and_only_then(tmp_path):
+    from pipeline import versions
+
+    pkg = tmp_path / "features"
+    (pkg / "__pycache__").mkdir(parents=True)
+    (pkg / "feature_fn.py").write_text("N_MELS = 128\n")
+    first = versions.source_digest([str(pkg)])
+    (pkg / "__pycache__" / "feature_fn.cpython-313.pyc").write_bytes(b"compiled")
+    (pkg / "notes.txt").write_text("not code")
+    assert versions.source_digest([str(pkg)]) == first
+    (pkg / "feature_fn.py").write_text("N_MELS = 64\n")
+    assert versions.source_digest([str(pkg)]) != first
+
+
 def test_fingerprint_names_what_is_missing(tmp_path, data):
     data_dir, _ = data
     with pytest.raises(ValueError, match="the audio folder .*nowhere does not exist"):
@@ -67,11 +114,12 @@ def test_driver_adds_the_fingerprint_before_the_cache_lookup(data):
     from tfx.types import standard_artifacts
 
     data_dir, _ = data
-    props = {inputs.DATA_DIR: str(data_dir), inputs.CONFIG: ""}
-    out = Driver(None).run(data_types.ExecutionInfo(exec_properties=props,
-                                                    output_dict={"examples": [standard_artifacts.Examples()]}))
-    expected = inputs.fingerprint(_paths(data_dir))
-    assert out.exec_properties[inputs.FINGERPRINT].string_value == expected
+    for text, mode in (("", config.AudioExampleGenConfig.METADATA), ("fingerprint: CONTENT", config.AudioExampleGenConfig.CONTENT)):
+        props = {inputs.DATA_DIR: str(data_dir), inputs.CONFIG: text}
+        out = Driver(None).run(data_types.ExecutionInfo(exec_properties=props,
+                                                        output_dict={"examples": [standard_artifacts.Examples()]}))
+        expected = inputs.fingerprint(_paths(data_dir), mode)
+        assert out.exec_properties[inputs.FINGERPRINT].string_value == expected
     assert out.exec_properties[inputs.DATA_DIR].string_value == str(data_dir)
     art = out.output_artifacts["examples"].artifacts[0]
     assert art.custom_properties[inputs.FINGERPRINT].string_value == expected

@@ -240,6 +240,26 @@ def test_changed_data_is_a_cache_miss_and_is_judged_against_the_baseline(root, r
     assert len(os.listdir(root / "serving" / "fat_tagger")) == 2
 
 
+def test_a_recipe_changed_under_the_same_preset_name_is_a_cache_miss_for_the_trainer(root, refused, monkeypatch):
+    """Issue 19 §5: the Trainer's cache key held the preset's name, so a release that changed what
+    a preset means (the conv stem becoming the default) reused the old model as today's recipe.
+    The key now holds the resolved config: same flags, changed preset -> the Trainer runs again,
+    and trains what the key says; the data's components stay cached."""
+    from pipeline import config
+
+    changed = config.TRAINER_PRESETS["small"].replace("lstm_units: 8", "lstm_units: 8 conv_channels: 4")
+    assert changed != config.TRAINER_PRESETS["small"]
+    monkeypatch.setitem(config.TRAINER_PRESETS, "small", changed)
+    with _Capture() as cap:
+        rc, out, err, _, runs = _pipeline(cap, root, root / "data", min_lwlrap=0, baseline_tolerance=1)
+    assert rc == 0, err[-3000:]
+    assert runs["AudioExampleGen"].state == "CACHED" and runs["Trainer"].state == "COMPLETE"
+    custom = json.loads(run_report.prop(runs["Trainer"].execution, "custom_config"))
+    assert "conv_channels: 4" in custom["trainer_config_resolved"] and custom["code_version"].count("code=") == 1
+    results = json.load(open(os.path.join(runs["Trainer"].outputs["model_run"][0].uri, "results.json")))
+    assert results["trainer_config"]["model"]["conv_channels"] == 4
+
+
 def test_a_run_killed_during_training_resumes_with_the_finished_components(tmp_path):
     data = tmp_path / "data"
     demo_data.generate(str(data), train=40, test=4, seed=2, broken=False)
@@ -311,6 +331,13 @@ def test_the_same_pipeline_compiles_for_kubeflow_v2(tmp_path):
     assert "pipeline.training.train.run_fn" in text and "components.audio_example_gen.executor.Executor" in text
     assert "--runner=FnApiRunner" in " ".join(containers["AudioExampleGen"]["args"])
     assert "gs://bucket/fat2019" in text
+    # Kubeflow runs no custom driver (no data fingerprint): the ExampleGen must not be cached there
+    tasks = spec["root"]["dag"]["tasks"]
+    assert tasks["AudioExampleGen"]["cachingOptions"] == {"enableCache": False}
+    assert tasks["Trainer"]["cachingOptions"] == {"enableCache": True}
+    again = kubeflow.compile_pipeline(pipeline, str(tmp_path / "cached.json"), cache_example_gen=True)
+    assert json.load(open(again))["pipelineSpec"]["root"]["dag"]["tasks"]["AudioExampleGen"]["cachingOptions"] == {
+        "enableCache": True}
 
 
 def test_a_serving_config_the_model_would_refuse_stops_the_run_before_it_starts(tmp_path, capsys):
