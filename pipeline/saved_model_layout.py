@@ -23,6 +23,7 @@ SIGNATURE_INPUTS = {SERVING_DEFAULT: ["examples"], SERVING_WAVEFORM: ["waveform"
                     SERVING_AUDIO: ["audio"]}
 SCORES = "scores"                         # every signature's outputs: float32 [batch, labels]
 LABELS = "labels"                         # ... and string [batch, labels], the label of each column
+SAMPLE_RATE = "sample_rate"               # serving_waveform's and serving_audio's int32 [batch]: the model's rate
 
 LABELS_ASSET = os.path.join("assets", "labels.txt")
 FEATURES_ASSET = os.path.join("assets", "feature_config.pbtxt")

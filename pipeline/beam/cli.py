@@ -60,7 +60,8 @@ def arg_parser() -> argparse.ArgumentParser:
                          "fast = GZIP with Huffman coding only (~2.7 ms an example); best = GZIP at zlib level 6 "
                          "(~2.8x fast's CPU for ~12%% fewer bytes); small = best. See bench/README.md")
     ap.add_argument("--tf_threads", type=int, default=0,
-                    help="TensorFlow intra/inter-op threads per worker (0: TensorFlow's default)")
+                    help="TensorFlow intra/inter-op threads per worker process (0: TensorFlow's default); "
+                         "a worker thread of a process where TensorFlow already runs cannot change it, and says so")
     ap.add_argument("--overwrite", action="store_true", help="replace whatever is in --output_dir")
     ap.add_argument("--log_level", default="INFO")
     return ap

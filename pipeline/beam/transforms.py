@@ -177,6 +177,26 @@ def _shared_feature_fn(config_text: str):
         return _FEATURE_FNS[config_text]
 
 
+def _set_tf_threads(tf, threads: int) -> None:
+    """TensorFlow's intra/inter-op threads, which it takes only before it is initialized in the
+    process: said once per process when a worker thread finds it already running with others."""
+    threading_ = tf.config.threading
+    try:
+        threading_.set_intra_op_parallelism_threads(threads)
+        threading_.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:  # TF already initialized in this process (e.g. by another DirectRunner thread)
+        now = (threading_.get_intra_op_parallelism_threads(), threading_.get_inter_op_parallelism_threads())
+        with _FEATURE_FNS_LOCK:
+            if now != (threads, threads) and not _TF_THREADS_WARNED:
+                _TF_THREADS_WARNED.append(now)
+                log.warning("--tf_threads %d is ignored in worker process %d: TensorFlow already runs there with "
+                            "intra/inter-op threads %s/%s (0 = its default); worker processes "
+                            "(--direct_running_mode=multi_processing) each take it", threads, os.getpid(), *now)
+
+
+_TF_THREADS_WARNED: list = []
+
+
 class _ComputeFeatures(beam.DoFn):
     """Batches of clips through the feature function, traced once per worker process."""
 
@@ -190,11 +210,7 @@ class _ComputeFeatures(beam.DoFn):
 
         from pipeline.features import feature_fn as features
         if self._threads:
-            try:
-                tf.config.threading.set_intra_op_parallelism_threads(self._threads)
-                tf.config.threading.set_inter_op_parallelism_threads(self._threads)
-            except RuntimeError:  # TF already initialized in this process (e.g. a DirectRunner thread)
-                pass
+            _set_tf_threads(tf, self._threads)
         self._pad_batch = features.pad_batch
         self._fn = _shared_feature_fn(self._config_text)
         self._done, self._t0, self._last_log = 0, time.time(), time.time()

@@ -11,7 +11,9 @@
 Local mode scores examples through the SavedModel's serving_default signature (what TF Serving
 would answer) and refuses examples whose feature config is not the model's. Server mode decodes
 and resamples each file with the Beam job's own audio code (pipeline.features.audio) to the model's sample
-rate and sends batches to serving_waveform; with --signature serving_audio it sends the files as
+rate, which it asks the model for (serving_waveform's `sample_rate` output; --feature_preset or
+--feature_config only for models exported before it, and refused if they name another rate),
+and sends batches to serving_waveform; with --signature serving_audio it sends the files as
 they are (16-bit PCM WAV: the model decodes and resamples them in its graph, and refuses other
 files, which are reported). Either way columns are matched by the label names the model returns.
 
@@ -179,11 +181,44 @@ def _read(path: str, cfg) -> bytes:
         return f.read()
 
 
+PROBE_SAMPLES = 160
+
+
+def model_sample_rate(client) -> int | None:
+    """The rate serving_waveform expects, from the model itself (one request of silence); None for
+    a model exported before serving_waveform returned it."""
+    waveform = np.zeros((1, PROBE_SAMPLES), np.float32)
+    out = client.predict(layout.SERVING_WAVEFORM, {"waveform": waveform, "length": np.array([PROBE_SAMPLES], np.int32)})
+    return int(out[layout.SAMPLE_RATE][0]) if layout.SAMPLE_RATE in out else None
+
+
+def waveform_config(client, feature_cfg):
+    """The feature config to decode and resample with for serving_waveform: the model's rate over
+    `feature_cfg` (the flags' config, None when none was given); a flag naming another rate than
+    the model's is refused rather than scored wrongly."""
+    rate = model_sample_rate(client)
+    if rate is None:
+        if feature_cfg is None:
+            raise ValueError(f"model {client.model} does not state its sample rate (exported before serving_waveform "
+                             f"returned it): pass --feature_config with its assets/feature_config.pbtxt")
+        log.warning("model %s does not state its sample rate; resampling to %d Hz as the flags say",
+                    client.model, feature_cfg.sample_rate)
+        return feature_cfg
+    if feature_cfg is not None and feature_cfg.sample_rate != rate:
+        raise ValueError(f"model {client.model} takes audio at {rate} Hz, but the feature config given says "
+                         f"{feature_cfg.sample_rate} Hz: drop --feature_preset/--feature_config (the rate comes "
+                         f"from the model) or pass the model's own")
+    cfg = config_lib.FeatureConfig() if feature_cfg is None else type(feature_cfg).FromString(feature_cfg.SerializeToString())
+    cfg.sample_rate = rate
+    return cfg
+
+
 def predict_server(client, audio_paths: list[str], sample_submission: str | None, out_path: str,
                    allow_missing: bool, feature_cfg, batch_size: int = 8, labels: str | None = None,
                    signature: str = layout.SERVING_WAVEFORM) -> dict:
-    """Score audio files through TF Serving (serving_waveform: decoded and resampled here;
-    serving_audio: the files' bytes, decoded in the model's graph); write the submission and errors."""
+    """Score audio files through TF Serving (serving_waveform: decoded and resampled here, to the
+    rate the model states; serving_audio: the files' bytes, decoded in the model's graph); write the
+    submission and errors. `feature_cfg`: the flags' FeatureConfig, or None."""
     from tqdm import tqdm
 
     from pipeline.features import audio
@@ -193,6 +228,10 @@ def predict_server(client, audio_paths: list[str], sample_submission: str | None
     if signature not in SIGNATURES:
         raise ValueError(f"--signature must be one of {sorted(SIGNATURES)}, got {signature!r}")
     client.check_signature(signature, SIGNATURES[signature])
+    if signature == layout.SERVING_WAVEFORM:
+        feature_cfg = waveform_config(client, feature_cfg)
+    elif feature_cfg is None:
+        feature_cfg = config_lib.FeatureConfig()      # serving_audio: only the file size limit is used here
     load = _read if signature == layout.SERVING_AUDIO else _decode
     order, paths = _audio_files(audio_paths, sample_submission)
     columns = kaggle_layout.load_vocabulary(labels or sample_submission) if (labels or sample_submission) else None
@@ -259,11 +298,12 @@ def arg_parser() -> argparse.ArgumentParser:
                         help="serving_waveform: files decoded and resampled here (any format the Beam job "
                              "reads); serving_audio: 16-bit PCM WAV files sent as they are, decoded and "
                              "resampled by the model")
-    server.add_argument("--feature_preset", choices=sorted(config_lib.PRESETS), default="seed",
-                        help="the model's features, for the sample rate audio is resampled to "
-                             "(serving_waveform; serving_audio uses only its file size limit)")
+    server.add_argument("--feature_preset", choices=sorted(config_lib.PRESETS),
+                        help="not needed: the rate audio is resampled to comes from the model; only for a model "
+                             "exported before it says so (refused if the model states another rate)")
     server.add_argument("--feature_config", help="a FeatureConfig text proto (e.g. the model's "
-                                                 "assets/feature_config.pbtxt) instead of --feature_preset")
+                                                 "assets/feature_config.pbtxt): decode limits, and the rate for "
+                                                 "older models")
     server.add_argument("--batch_size", type=int, default=8, help="clips per request")
     server.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     server.add_argument("--retries", type=int, default=4, help="retries of a request when the server is UNAVAILABLE")
@@ -284,8 +324,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.server:
             if not args.audio:
                 ap.error("server mode needs --audio")
-            cfg = (config_lib.load_text(args.feature_config) if args.feature_config
-                   else config_lib.feature_config(args.feature_preset))
+            cfg = (config_lib.load_text(args.feature_config, args.feature_preset or "seed") if args.feature_config
+                   else config_lib.feature_config(args.feature_preset) if args.feature_preset else None)
             client = connect(args.server, args.model_name, args.model_version, timeout_s=args.timeout,
                              retries=args.retries)
             try:

@@ -9,11 +9,13 @@ Signatures:
                       -> scores: float32 [batch, labels], labels: string [batch, labels]
     serving_waveform  waveform: float32 [batch, time] (mono, at the model's sample rate, zero-padded)
                       length:   int32   [batch]       (samples of each clip; the rest is ignored)
-                      -> scores: float32 [batch, labels], labels: string [batch, labels]
+                      -> scores: float32 [batch, labels], labels: string [batch, labels],
+                         sample_rate: int32 [batch] (the rate the waveform must have: clients ask)
     serving_audio     audio: string [batch] (WAV files as they are: 16-bit PCM, any rate within the
                       feature config's DecodeLimits, any channels; decoded, downmixed and resampled
                       in the graph by pipeline.features.audio_graph)
-                      -> scores: float32 [batch, labels], labels: string [batch, labels]
+                      -> scores: float32 [batch, labels], labels: string [batch, labels],
+                         sample_rate: int32 [batch]
 
 `labels` (the label order of `scores`, also assets/labels.txt) lets a remote client match columns
 by name; assets/feature_config.pbtxt records the features the model was trained on.
@@ -118,13 +120,19 @@ class Endpoints:
         ]
         with tf.control_dependencies(checks):
             waveform = tf.identity(waveform)
-        return self._scores(features.compute_features(waveform, length, self._feature_cfg))
+        return self._with_rate(self._scores(features.compute_features(waveform, length, self._feature_cfg)))
+
+    def _with_rate(self, outputs: dict) -> dict:
+        """The model's sample rate beside the scores: a client resampling audio itself learns the
+        rate from the model, not from a flag that may name another model's features."""
+        rows = tf.shape(outputs[layout.SCORES])[0]
+        return dict(outputs, **{layout.SAMPLE_RATE: tf.fill([rows], tf.constant(self._feature_cfg.sample_rate, tf.int32))})
 
     def serve_audio(self, wav_bytes):
         with tf.control_dependencies(self._batch_checks(tf.size(wav_bytes), "files")):
             waveform, length = audio_graph.decode_batch(wav_bytes, self._feature_cfg.sample_rate, self._max_seconds,
                                                         self._feature_cfg.limits)
-        return self._scores(features.compute_features(waveform, length, self._feature_cfg))
+        return self._with_rate(self._scores(features.compute_features(waveform, length, self._feature_cfg)))
 
 
 def _warmup_log(signature: str, inputs: dict):

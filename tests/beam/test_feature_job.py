@@ -609,6 +609,19 @@ def test_a_linked_tmp_folder_fails_the_run_cleanly_and_keeps_the_targets_files(f
     assert len(errors) == 1 and "_tmp is a symbolic link" in errors[0].getMessage() and not errors[0].exc_info
 
 
+def test_tf_threads_that_cannot_take_effect_are_said_once(monkeypatch, caplog):
+    """Issue 19 §7: --tf_threads was dropped silently in a worker where TensorFlow was already
+    running (this test process: TensorFlow has run). Now one warning per process says so."""
+    import logging
+    monkeypatch.setattr(bt, "_TF_THREADS_WARNED", [])
+    caplog.set_level(logging.WARNING)
+    tf.constant(1.0) + 1.0                             # TensorFlow initialized in this process
+    for _ in range(2):
+        bt._ComputeFeatures(config.to_text(CFG), 3).setup()
+    warned = [r.getMessage() for r in caplog.records if "--tf_threads" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("--tf_threads 3 is ignored in worker process")
+
+
 def test_output_inside_the_data_folder_is_refused(data, tmp_path):
     assert run_job(data, data.root / "examples", *LENIENT) == 2
     assert not (data.root / "examples").exists()

@@ -66,6 +66,24 @@ def test_server_mode_writes_the_submission_local_mode_writes(double, train_examp
     assert (tmp_path / "submission.csv.errors.jsonl").read_text() == ""
 
 
+def test_server_mode_resamples_to_the_rate_the_model_states_and_refuses_flags_that_disagree(
+        double, train_examples, local_submission, tmp_path):
+    """Issue 19 §7: the rate came from --feature_preset (seed, 44.1 kHz, by default), so against
+    this 16 kHz model the files were resampled wrongly and scored with no error. The model now
+    states its rate (serving_waveform's sample_rate output); no flag is needed, and a flag naming
+    another rate is refused before any file is sent."""
+    out = tmp_path / "submission.csv"
+    args = ["--server", double[1], "--model_name", "fat_tagger", "--audio", str(train_examples.data / "test"),
+            "--sample_submission", str(train_examples.data / "sample_submission.csv"), "--output", str(out)]
+    predict.main(args)
+    _, fnames, scores = read(out)
+    np.testing.assert_allclose(scores, local_submission[2], rtol=0, atol=1e-4)
+    out.unlink()
+    with pytest.raises(SystemExit, match="takes audio at 16000 Hz, but the feature config given says 44100 Hz"):
+        predict.main(args + ["--feature_preset", "seed"])
+    assert not out.exists()
+
+
 def test_unreadable_files_are_reported_and_fail_unless_allowed(double, train_examples, tmp_path):
     audio = tmp_path / "test"
     shutil.copytree(train_examples.data / "test", audio)
