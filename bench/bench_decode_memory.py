@@ -15,7 +15,10 @@ fresh process with the checkout first on sys.path: peak RSS during decode() abov
 before it (everything imported, the file read; Linux's VmHWM, reset through /proc/self/clear_refs), wall time, and what came out (seconds, or the
 dead-letter reason). With --job, the whole Beam job (beam_runner.py, DirectRunner, one worker) on
 20 demo clips plus four ogg64-120s files, each checkout: peak RSS of the process tree and the
-dead letters. Results go to stdout and bench/out/decode_memory.json.
+dead letters. With --serving, serving_audio's decoder (pipeline.features.audio_graph.decode_batch,
+traced once, then timed) on batches of 4 WAV files, each checkout in a fresh process: at the
+model's rate (44.1 kHz, 60 s each: no resampling to do) and at 384 kHz (20 s each, resampled).
+Results go to stdout and bench/out/decode_memory.json.
 """
 from __future__ import annotations
 
@@ -57,6 +60,27 @@ except audio.AudioError as e:
 seconds = time.time() - t0
 peak = status("VmHWM")
 print("RESULT", json.dumps({"peak_mb": (peak - before) / 1024, "seconds": seconds, "outcome": outcome}))
+"""
+
+
+SERVING = r"""
+import io, json, sys, time
+sys.path.insert(0, %(repo)r)
+import numpy as np, soundfile as sf, tensorflow as tf
+from pipeline.features import audio_graph
+def status(field):
+    return int(next(l for l in open("/proc/self/status") if l.startswith(field + ":")).split()[1])
+def wav(sr, seconds):
+    buf = io.BytesIO()
+    sf.write(buf, 0.1 * np.sin(np.arange(int(sr * seconds)) / 7.0), sr, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+fn = tf.function(lambda w: audio_graph.decode_batch(w, 44100, 60.0))
+fn(tf.constant([wav(8000, 0.5)]))                       # traced before measuring
+files = tf.constant([wav(%(rate)d, %(seconds)f)] * 4)
+open("/proc/self/clear_refs", "w").write("5")
+before, t0 = status("VmRSS"), time.time()
+fn(files)
+print("RESULT", json.dumps({"peak_mb": (status("VmHWM") - before) / 1024, "seconds": time.time() - t0}))
 """
 
 
@@ -115,6 +139,14 @@ def decode_once(repo: str, path: str) -> dict:
     return json.loads(out.stdout.split("RESULT", 1)[1])
 
 
+def serving_once(repo: str, rate: int, seconds: float) -> dict:
+    out = subprocess.run([sys.executable, "-c", SERVING % {"repo": repo, "rate": rate, "seconds": seconds}],
+                         capture_output=True, text=True, cwd=repo)
+    if out.returncode != 0:
+        return {"failed": out.stderr.strip()[-300:]}
+    return json.loads(out.stdout.split("RESULT", 1)[1])
+
+
 def job_once(repo: str, data: str, out: str) -> dict:
     cmd = [sys.executable, os.path.join(repo, "beam_runner.py"), "--data_dir", data, "--output_dir", out,
            "--overwrite", "--preset", "small", "--max_error_ratio", "1", "--runner=DirectRunner",
@@ -147,6 +179,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--baseline", help="another checkout of the project (e.g. the commit before a change)")
     ap.add_argument("--job", action="store_true", help="also the whole Beam job with four 64-channel bombs")
+    ap.add_argument("--serving", action="store_true", help="also serving_audio's decoder on batches of 4 WAV files")
     args = ap.parse_args()
     checkouts = {"this": REPO, **({"baseline": os.path.abspath(args.baseline)} if args.baseline else {})}
     folder = tempfile.mkdtemp(prefix="fatp-decode-bench-")
@@ -167,6 +200,11 @@ def main() -> None:
             for c, repo in checkouts.items():
                 results["job"][c] = job_once(repo, data, os.path.join(folder, f"out-{c}"))
                 print(f"job {c}: {json.dumps(results['job'][c])}", flush=True)
+        if args.serving:
+            for name, rate, seconds in (("4 x 60 s at 44.1 kHz", 44100, 60.0), ("4 x 20 s at 384 kHz", 384000, 20.0)):
+                results.setdefault("serving", {})[name] = {c: serving_once(repo, rate, seconds)
+                                                           for c, repo in checkouts.items()}
+                print(f"serving_audio decode, {name}: {json.dumps(results['serving'][name])}", flush=True)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     os.makedirs(os.path.join(HERE, "out"), exist_ok=True)
