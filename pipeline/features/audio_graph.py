@@ -49,7 +49,14 @@ def _gcd(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
 
 def resample(x: tf.Tensor, source_sr: tf.Tensor, target_sr: int) -> tf.Tensor:
     """Mono float32 [n] at source_sr (int64 scalar) -> float32 [ceil(n * target / source)], as
-    pipeline.features.audio.resample (soxr HQ) computes it, up to the differences stated above."""
+    pipeline.features.audio.resample (soxr HQ) computes it, up to the differences stated above.
+    At the target rate x passes through: the FFTs are built inside the branch that needs them, so
+    they do not run (a graph runs a tf.cond branch's ops only when that branch is taken)."""
+    return tf.cond(tf.equal(source_sr, tf.constant(target_sr, tf.int64)),
+                   lambda: tf.identity(x), lambda: _resample_by_fft(x, source_sr, target_sr))
+
+
+def _resample_by_fft(x: tf.Tensor, source_sr: tf.Tensor, target_sr: int) -> tf.Tensor:
     n = tf.cast(tf.size(x), tf.int64)
     target = tf.constant(target_sr, tf.int64)
     g = _gcd(source_sr, target)
@@ -65,24 +72,42 @@ def resample(x: tf.Tensor, source_sr: tf.Tensor, target_sr: int) -> tf.Tensor:
     y = tf.signal.irfft(kept, [tf.cast(big_m, tf.int32)]) * tf.cast(big_m, tf.float64) / tf.cast(big_n, tf.float64)
     m = (n * target + source_sr - 1) // source_sr                      # ceil: librosa's length
     soxr_m = (2 * n * target + source_sr) // (2 * source_sr)           # round: what soxr computes
-    out = tf.where(tf.range(m) < soxr_m, tf.cast(y[:m], tf.float32), 0.0)
-    return tf.cond(tf.equal(source_sr, target), lambda: x, lambda: out)
+    return tf.where(tf.range(m) < soxr_m, tf.cast(y[:m], tf.float32), 0.0)
+
+
+# Files of one request decoded at once: each holds its decoded samples and, resampled, FFT
+# buffers of ~50 bytes per sample of 2n + 64 points (a 60 s, 384 kHz file: ~1 GB), so a request's
+# memory is this many files' worth, not its batch size's. 1: TF Serving already runs requests
+# side by side, and decode_wav and the FFTs are single ops that use the intra-op thread pool.
+DECODE_PARALLELISM = 1
 
 
 def decode_batch(wav_bytes: tf.Tensor, target_sr: int, max_seconds: float,
                  limits: feature_config_pb2.DecodeLimits | None = None) -> tuple[tf.Tensor, tf.Tensor]:
     """[batch] WAV files -> zero-padded mono waveforms at target_sr and their lengths. A file that
     is not 16-bit PCM WAV fails the request (decode_wav's message); one longer than max_seconds,
-    one without samples, or one at a rate outside `limits` (the Beam job's DecodeLimits) too."""
+    one without samples, or one outside `limits` (the Beam job's DecodeLimits: its bytes before it
+    is decoded, its rate, its samples as frames x channels) too."""
     limits = limits if limits is not None else feature_config_pb2.DecodeLimits()
     lo, hi = int(limits.min_source_sample_rate), int(limits.max_source_sample_rate)
+    max_bytes, max_samples = int(limits.max_file_bytes), int(limits.max_source_samples)
 
     def one(i, arrays, lengths):
-        audio, sr = tf.audio.decode_wav(wav_bytes[i])
+        size = tf.cast(tf.strings.length(wav_bytes[i]), tf.int64)
+        small_enough = tf.debugging.assert_less_equal(
+            size, tf.constant(max_bytes, tf.int64),
+            message=f"a WAV file is larger than {max_bytes} bytes (DecodeLimits.max_file_bytes)")
+        with tf.control_dependencies([small_enough]):
+            audio, sr = tf.audio.decode_wav(wav_bytes[i])
         sr = tf.cast(sr, tf.int64)
-        frames = tf.shape(audio, out_type=tf.int64)[0]
+        shape = tf.shape(audio, out_type=tf.int64)
+        frames = shape[0]
         checks = [
             tf.debugging.assert_greater(frames, tf.constant(0, tf.int64), message="a WAV file holds no samples"),
+            tf.debugging.assert_less_equal(
+                frames * shape[1], tf.constant(max_samples, tf.int64),
+                message=f"a WAV file holds more than {max_samples} samples, frames times channels "
+                        "(DecodeLimits.max_source_samples)"),
             tf.debugging.assert_greater_equal(sr, tf.constant(lo, tf.int64),
                                               message=f"a WAV file has a sample rate below {lo} Hz (DecodeLimits)"),
             tf.debugging.assert_less_equal(sr, tf.constant(hi, tf.int64),
@@ -101,7 +126,8 @@ def decode_batch(wav_bytes: tf.Tensor, target_sr: int, max_seconds: float,
     batch = tf.size(wav_bytes)
     arrays = tf.TensorArray(tf.float32, size=batch, infer_shape=False, element_shape=tf.TensorShape([None]))
     lengths = tf.TensorArray(tf.int32, size=batch)
-    _, arrays, lengths = tf.while_loop(lambda i, *_: i < batch, one, (0, arrays, lengths))
+    _, arrays, lengths = tf.while_loop(lambda i, *_: i < batch, one, (0, arrays, lengths),
+                                       parallel_iterations=DECODE_PARALLELISM)
     length = lengths.stack()
     ragged = tf.RaggedTensor.from_row_lengths(arrays.concat(), tf.cast(length, tf.int64))
     return ragged.to_tensor(default_value=0.0), length

@@ -440,8 +440,11 @@ def test_wrong_csv_fails_before_the_pipeline(data, tmp_path):
 def hostile(tmp_path_factory):
     """A Kaggle layout whose rows each try to break the job: two spellings of one clip, a symlink out
     of the audio folder, a FIFO (a read would block forever), a 1 Hz file, a clip over the length
-    limit and a file over the byte limit (limits lowered in the feature config so no big file is
-    written), next to three good clips."""
+    limit, a file over the byte limit, a small Vorbis file of many channels over the sample limit
+    (limits lowered in the feature config so no big file is written), a FLAC file whose header
+    declares half of what it holds, next to three good clips and a FLAC file of unknown length
+    (crafted as in tests/features/test_audio.py)."""
+    from tests.features.test_audio import flac_declaring
     import soundfile as sf
 
     root = tmp_path_factory.mktemp("hostile") / "data"
@@ -456,30 +459,39 @@ def hostile(tmp_path_factory):
     sf.write(audio_dir / "rate1.wav", np.zeros(64, np.float32), 1, subtype="PCM_16")
     sf.write(audio_dir / "long.wav", 0.1 * np.ones(4000 * 5, np.float32), 4000, subtype="PCM_16")    # 5 s, 40 KB
     sf.write(audio_dir / "big.wav", 0.1 * np.ones(16000 * 2, np.float32), 16000, subtype="FLOAT")     # 2 s, 128 KB
+    sf.write(audio_dir / "many.ogg", np.zeros((16000, 8), np.float32), 16000, subtype="VORBIS")  # 128000 samples
+    unknown = demo_data.make_clip([7], 16000, rng)
+    for name, clip, declared in (("unknown.flac", unknown, 0), ("liar.flac", 0.1 * np.ones(2 * 16000), 16000)):
+        sf.write(audio_dir / name, clip, 16000)
+        (audio_dir / name).write_bytes(flac_declaring((audio_dir / name).read_bytes(), declared))
     rows = [("a.wav", "Bark"), ("./a.wav", "Bark"), ("b.wav", "Bark"), ("c.wav/", "Gong"), ("link.wav", "Bark"),
-            ("fifo.wav", "Bark"), ("rate1.wav", "Bark"), ("long.wav", "Bark"), ("big.wav", "Bark")]
+            ("fifo.wav", "Bark"), ("rate1.wav", "Bark"), ("long.wav", "Bark"), ("big.wav", "Bark"),
+            ("many.ogg", "Bark"), ("liar.flac", "Bark"), ("unknown.flac", "Gong")]
     with open(root / "train_curated.csv", "w", newline="") as f:
         csv.writer(f).writerows([("fname", "labels"), *rows])
     with open(root / "sample_submission.csv", "w", newline="") as f:
         csv.writer(f).writerow(["fname", *demo_data.LABELS])
-    (root / "features.pbtxt").write_text("limits { max_source_seconds: 3 max_file_bytes: 80000 }")
+    (root / "features.pbtxt").write_text("limits { max_source_seconds: 3 max_file_bytes: 80000 max_source_samples: 64000 }")
     out = root.parent / "out"
     rc = cli.run(["--data_dir", str(root), "--output_dir", str(out), "--preset", "small", "--max_error_ratio", "1",
                   "--feature_config", str(root / "features.pbtxt"), "--log_level", "WARNING"])
     letters = [json.loads(x) for x in (out / "dead_letters.jsonl").read_text().splitlines()]
     return SimpleNamespace(rc=rc, out=out, manifest=output.read_manifest(str(out)),
-                           reasons={d["fname"]: d["reason"] for d in letters})
+                           reasons={d["fname"]: d["reason"] for d in letters}, unknown_seconds=len(unknown) / 16000)
 
 
 def test_hostile_rows_become_dead_letters_and_the_rest_goes_through(hostile):
     assert hostile.rc == 0
     assert hostile.reasons == {"./a.wav": "duplicate_fname", "link.wav": "unsafe_path", "fifo.wav": "unsafe_path",
-                               "rate1.wav": "bad_sample_rate", "long.wav": "too_long", "big.wav": "too_large"}
+                               "rate1.wav": "bad_sample_rate", "long.wav": "too_long", "big.wav": "too_large",
+                               "many.ogg": "too_many_samples", "liar.flac": "header_mismatch"}
     counts = hostile.manifest["counts"]
-    assert counts["input_rows"] == 9 and counts["written"] == 3
-    fnames = sorted(f for recs in read_records(str(hostile.out), hostile.manifest).values()
-                    for f in parse(recs)["fname"].numpy().astype(str))
-    assert fnames == ["a.wav", "b.wav", "c.wav"]     # "c.wav/" written under its one spelling
+    assert counts["input_rows"] == 12 and counts["written"] == 4
+    assert counts["failed_by_reason"]["too_many_samples"] == counts["failed_by_reason"]["header_mismatch"] == 1
+    parsed = [parse(recs) for recs in read_records(str(hostile.out), hostile.manifest).values()]
+    seconds = {f: s for p in parsed for f, s in zip(p["fname"].numpy().astype(str), p["source_seconds"].numpy().ravel())}
+    assert sorted(seconds) == ["a.wav", "b.wav", "c.wav", "unknown.flac"]     # "c.wav/" written under its one spelling
+    assert seconds["unknown.flac"] == pytest.approx(hostile.unknown_seconds)       # the whole stream
 
 
 def test_transient_read_errors_are_retried_and_persistent_ones_reported(tmp_path, monkeypatch):

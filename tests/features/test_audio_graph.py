@@ -1,7 +1,10 @@
 """pipeline/features/audio_graph.py, the in-graph resampler of serving_audio, against the Beam job's
 (pipeline.features.audio.resample: soxr HQ). End to end through the exported SavedModel: tests/training/test_export.py."""
+import io
+
 import numpy as np
 import pytest
+import soundfile as sf
 import soxr
 import tensorflow as tf
 
@@ -91,3 +94,59 @@ def test_lengths_and_the_padded_last_sample_follow_the_beam_job():
 def test_the_models_rate_passes_through_untouched():
     x = np.random.default_rng(1).normal(0, 0.1, 1234).astype(np.float32)
     np.testing.assert_array_equal(_graph(x, 16000, 16000), x)
+
+
+# ------------------------------------------------------------------------------ memory per request
+
+def _library_ops(concrete) -> tuple[set, set]:
+    """(op types of the function's own graph, op types inside the functions it calls: tf.cond's branches)."""
+    graph_def = concrete.graph.as_graph_def()
+    return ({n.op for n in graph_def.node},
+            {n.op for f in graph_def.library.function for n in f.node_def})
+
+
+def test_the_ffts_run_only_in_the_branch_that_resamples():
+    """A tf.cond runs what its pred does not need unless it is built inside a branch: before, the
+    float64 FFTs of 2n + 64 points ran even at the model's rate."""
+    concrete = tf.function(lambda x, sr: audio_graph.resample(x, sr, 16000)).get_concrete_function(
+        tf.TensorSpec([None], tf.float32), tf.TensorSpec([], tf.int64))
+    top, branches = _library_ops(concrete)
+    assert not top & {"RFFT", "IRFFT"}
+    assert {"RFFT", "IRFFT"} <= branches
+
+
+def _decode(files, **limits):
+    fn = tf.function(lambda w: audio_graph.decode_batch(w, 16000, 60.0, audio.DecodeLimits(**limits)))
+    return fn(tf.constant(files))
+
+
+def _wav(y, sr=16000):
+    buf = io.BytesIO()
+    sf.write(buf, y, sr, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def test_files_are_decoded_a_bounded_number_at_a_time():
+    """The decode loop's parallel_iterations (tf.while_loop's default: 10 files at once)."""
+    concrete = tf.function(lambda w: audio_graph.decode_batch(w, 16000, 60.0)).get_concrete_function(
+        tf.TensorSpec([None], tf.string))
+    loops = [op for op in concrete.graph.get_operations() if op.type in ("While", "StatelessWhile")]
+    assert loops and all(op.get_attr("parallel_iterations") == audio_graph.DECODE_PARALLELISM == 1 for op in loops)
+
+
+def test_a_wav_over_the_sample_limit_is_refused():
+    """frames x channels, as the Beam job counts them (DecodeLimits.max_source_samples)."""
+    stereo = np.zeros((500, 2), np.float32)
+    waveform, length = _decode([_wav(stereo)], max_source_samples=1000)             # at the limit
+    assert length.numpy().tolist() == [500]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="holds more than 999 samples, frames times channels"):
+        _decode([_wav(stereo)], max_source_samples=999)
+
+
+def test_a_wav_over_the_byte_limit_is_refused_before_it_is_decoded():
+    data = _wav(np.zeros(1000, np.float32))
+    _decode([data], max_file_bytes=len(data))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=f"larger than {len(data) - 1} bytes"):
+        _decode([data], max_file_bytes=len(data) - 1)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="larger than 100 bytes"):   # not decode_wav's "Header mismatch"
+        _decode([b"not a wav file " * 10], max_file_bytes=100)

@@ -22,6 +22,8 @@ from tests.serving_loader import ServedModel
 
 pytestmark = pytest.mark.slow   # a model exported and served end to end
 FEATURES = config.feature_config("small")
+# serving_audio's DecodeLimits lowered so files past them stay small: 40 s mono at 16 kHz, 2 MB
+FEATURES.limits.max_source_samples, FEATURES.limits.max_file_bytes = 40 * 16000, 2_000_000
 TRAINER = config.trainer_config("small")
 SHAPE = config.mel_shape(FEATURES)
 SR = FEATURES.sample_rate
@@ -263,7 +265,7 @@ def test_a_hand_written_wav_header_decodes(exported):
 
 
 @pytest.mark.parametrize("case", ["not a wav", "24-bit", "too long", "no files", "rate too high", "rate too low",
-                                  "no samples"])
+                                  "no samples", "too many samples", "too large"])
 def test_bad_audio_requests_are_refused_with_a_reason(exported, case):
     files, message = {
         "not a wav": ([b"<html>not audio</html>"], "Header mismatch"),
@@ -274,6 +276,9 @@ def test_bad_audio_requests_are_refused_with_a_reason(exported, case):
         "rate too high": ([_wav_header(2147483629, 100)], "sample rate above 384000 Hz"),
         "rate too low": ([_wav_header(1000, 100)], "sample rate below 2000 Hz"),
         "no samples": ([_wav_header(SR, 0)], "holds no samples"),
+        # 21 s of stereo: within 40 s, but 672000 samples (frames x channels, as the Beam job counts)
+        "too many samples": ([_wav_header(SR, 21 * SR, channels=2)], "holds more than 640000 samples"),
+        "too large": ([_wav_header(SR, 1_000_000)], "larger than 2000000 bytes"),
     }[case]
     with pytest.raises(tf.errors.InvalidArgumentError, match=message):
         exported["served"].run("serving_audio", audio=np.array(files, dtype=object))
