@@ -191,3 +191,34 @@ def test_a_version_that_appears_during_the_copy_is_not_replaced(models, tmp_path
         push(a, base, tmp_path / "out")
     assert os.listdir(base) == [str(int(NOW))]             # no temporary folder left
     assert _tree(base / str(int(NOW))) == {"saved_model.pb": b"the other push's"}
+
+
+def test_an_object_store_gets_whole_versions_in_place_and_no_temporary_folder(models, tmp_path, clock):
+    """Object stores have no rename (TensorFlow's ram:// filesystem stands in for gs://): the files
+    are copied into the version itself; the completeness check still refuses a torn copy."""
+    from tfx.dsl.io import fileio
+
+    a, b = models
+    base = f"ram://{tmp_path.name}/fat_tagger"
+
+    def tree(path):
+        out = {}
+        for rel in pusher._files(path):
+            with fileio.open(os.path.join(path, rel), "rb") as f:
+                out[rel] = f.read()
+        return out
+
+    torn = tree(_serving(a))
+    del torn["saved_model.pb"]
+    for rel, data in torn.items():
+        fileio.makedirs(os.path.dirname(f"{base}/1000/{rel}"))
+        with fileio.open(f"{base}/1000/{rel}", "wb") as f:
+            f.write(data)
+    first = push(a, base, tmp_path / "out")
+    assert not first.get_int_custom_property(pusher.REUSED)
+    assert first.get_string_custom_property("pushed_destination") == f"{base}/{int(NOW)}"
+    assert tree(f"{base}/{int(NOW)}") == _tree(_serving(a))
+    again, other = push(a, base, tmp_path / "out"), push(b, base, tmp_path / "out")
+    assert again.get_int_custom_property(pusher.REUSED) == 1
+    assert other.get_string_custom_property("pushed_version") == str(int(NOW) + 1)
+    assert sorted(fileio.listdir(base)) == ["1000", str(int(NOW)), str(int(NOW) + 1)]
