@@ -5,8 +5,8 @@
       -> Trainer (run_fn = pipeline.training.train.run_fn, by import path: no module file, no wheel at run time)
       -> Resolver(LatestBlessedModelStrategy): the baseline = the latest blessed model
       -> Evaluator (TFMA with lwlrap, pipeline.metrics.lwlrap_tfma; blesses on BlessingConfig thresholds)
-      -> Pusher (only a blessed model, and not the one already served; components/serving_pusher)
-         -> SERVING_ROOT/<model_name>/<version>/
+      -> Pusher (only a blessed model, and not one already served whole; components/serving_pusher)
+         -> SERVING_ROOT/<model_name>/<version>/   (copied aside and renamed in; version above the newest)
 
 Every argument is explicit (no module-level settings), as in TFX's templates, so tests, the local
 runner and a Kubeflow compile build the same graph from their own values.
@@ -100,7 +100,7 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_dir: str, se
         baseline_model=baseline.outputs["model"],
         eval_config=lwlrap_tfma.eval_config(blessing))
     pusher = tfx.components.Pusher(
-        # TFX's Pusher; its executor only skips re-pushing the model that is already served
+        # TFX's Pusher; its executor pushes whole versions above the newest and reuses a complete copy
         custom_executor_spec=executor_spec.ExecutorClassSpec(serving_pusher.Executor),
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],

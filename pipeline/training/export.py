@@ -185,23 +185,39 @@ def write_warmup(saved_model_dir: str, logs: list) -> str:
 def export_saved_model(model: keras.Model, feature_cfg: config_lib.FeatureConfig,
                        trainer_cfg: config_lib.TrainerConfig, labels_path: str, export_base: str,
                        version: int | str | None = None, serving_cfg: config_lib.ServingConfig | None = None) -> str:
-    """Write EXPORT_BASE/<version>/ and return its path (version: seconds since the epoch unless
-    given; TFX's run_fn gives the last part of its serving_model_dir).
+    """Write EXPORT_BASE/<version>/ and return its path (version: unless given, the clock's second
+    or the newest version there + 1 if that is later, saved_model_layout.next_version; TFX's run_fn
+    gives the last part of its serving_model_dir). An existing version is never overwritten.
 
-    Locally the SavedModel (warm-up file included) is written under a temporary name and renamed,
-    so TF Serving, which polls EXPORT_BASE for new versions, never sees half a model. Object stores
-    have no atomic rename; there the version is written in place.
+    Locally the SavedModel (warm-up file included) is written under a temporary name of its own
+    (saved_model_layout.temp_name: another export's folder is never touched) and renamed, so TF
+    Serving, which polls EXPORT_BASE for new versions, never sees half a model; the temporary
+    folder is removed if the export fails. Object stores have no atomic rename; there the version
+    is written in place.
     """
     serving_cfg = serving_cfg or config_lib.ServingConfig()
     config_lib.validate_serving(serving_cfg, feature_cfg)     # before anything is written
-    version = version or int(time.time())
+    if not version:
+        names = tf.io.gfile.listdir(export_base) if tf.io.gfile.isdir(export_base) else []
+        version = layout.next_version(names, time.time())
     final = os.path.join(export_base, str(version))
     if tf.io.gfile.exists(final):
         raise FileExistsError(f"{final} exists; versions are never overwritten")
-    local = "://" not in export_base
-    target = os.path.join(export_base, f".tmp-{version}") if local else final
-    if local and tf.io.gfile.exists(target):     # left by an export that crashed: never part of a version
-        tf.io.gfile.rmtree(target)
+    local = fileio.is_local(export_base)
+    target = os.path.join(export_base, layout.temp_name(version, "export")) if local else final
+    try:
+        _write(target, model, feature_cfg, trainer_cfg, serving_cfg, labels_path)
+        if local:
+            fileio.publish_dir(target, final)
+    finally:
+        if local and tf.io.gfile.exists(target):     # this export's own folder only (never another's in progress)
+            tf.io.gfile.rmtree(target)
+    log.info("exported SavedModel %s", final)
+    return final
+
+
+def _write(target: str, model: keras.Model, feature_cfg: config_lib.FeatureConfig,
+           trainer_cfg: config_lib.TrainerConfig, serving_cfg: config_lib.ServingConfig, labels_path: str) -> None:
     from pipeline.data.kaggle_layout import load_vocabulary
 
     endpoints = Endpoints(model, feature_cfg, trainer_cfg, serving_cfg, load_vocabulary(labels_path))
@@ -219,7 +235,3 @@ def export_saved_model(model: keras.Model, feature_cfg: config_lib.FeatureConfig
         f.write(config_lib.to_text(feature_cfg))
     if serving_cfg.warmup_requests > 0:
         write_warmup(target, warmup_requests(feature_cfg, serving_cfg.warmup_requests))
-    if local:
-        fileio.publish_dir(target, final)
-    log.info("exported SavedModel %s", final)
-    return final

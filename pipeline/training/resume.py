@@ -23,7 +23,8 @@ Why not keras.callbacks.BackupAndRestore (Keras 3.15), each gap reproduced:
 - Under MultiWorkerMirroredStrategy, non-chief workers backed up to a fresh temporary folder and
   restarted from epoch 0 while the chief resumed. Here the chief writes the backup to WORK_DIR,
   which every worker must see (as TFX's model_run_dir is; gs:// or a shared disk across machines),
-  every worker restores from it, and the others write only to a throwaway folder of their own.
+  every worker restores from it, and the others write only to a throwaway folder of their own
+  (in the scratch folder their trainer removes when it ends, pipeline/training/train.py).
 """
 from __future__ import annotations
 
@@ -32,7 +33,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 
 import keras
 import numpy as np
@@ -95,10 +95,14 @@ class TrainingBackup(keras.callbacks.Callback):
     callback, so that at the end of training the best weights are back before the last save."""
 
     def __init__(self, backup_dir: str, chief: bool, fingerprint: dict, save_freq="epoch",
-                 early_stopping: ResumableEarlyStopping | None = None):
+                 early_stopping: ResumableEarlyStopping | None = None, scratch_dir: str | None = None):
+        """scratch_dir: where a non-chief worker writes its own saves (SCRATCH/backup); the caller
+        removes it."""
         super().__init__()
+        if not chief and not scratch_dir:
+            raise ValueError("a non-chief worker writes its saves to a scratch folder of its own; none given")
         self.read_dir = backup_dir
-        self.write_dir = backup_dir if chief else tempfile.mkdtemp(prefix="fatp-backup-")
+        self.write_dir = backup_dir if chief else os.path.join(scratch_dir, "backup")
         self.chief, self.fingerprint, self.early_stopping = chief, fingerprint, early_stopping
         self.save_freq = save_freq
         self.restored = None

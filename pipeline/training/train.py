@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -128,10 +129,10 @@ def _fingerprint(job: TrainJob, replicas: int) -> dict:
             "data": job.data_id}
 
 
-def _callbacks(job: TrainJob, chief: bool, replicas: int):
+def _callbacks(job: TrainJob, scratch: str | None, replicas: int):
     """(callbacks, the backup): early stopping before the backup, so each backup holds its state
     as of the same epoch; logs and history in WORK_DIR on the chief only (every worker may share
-    WORK_DIR, and must for resuming: pipeline/training/resume.py)."""
+    WORK_DIR, and must for resuming: pipeline/training/resume.py), in `scratch` on the others."""
     import keras
 
     from pipeline.training import averaging
@@ -139,13 +140,15 @@ def _callbacks(job: TrainJob, chief: bool, replicas: int):
 
     cfg = job.cfg
     backup_dir = os.path.join(job.work_dir, "backup")
-    log_dir = job.work_dir if chief else tempfile.mkdtemp(prefix="fatp-worker-")
+    chief = scratch is None
+    log_dir = job.work_dir if chief else scratch
     early = None
     if cfg.early_stopping_patience > 0:
         early = resume.ResumableEarlyStopping(monitor="val_lwlrap", mode="max", verbose=1,
                                               patience=cfg.early_stopping_patience, restore_best_weights=True)
     backup = resume.TrainingBackup(backup_dir, chief, _fingerprint(job, replicas),
-                                   save_freq=cfg.backup_every_steps or "epoch", early_stopping=early)
+                                   save_freq=cfg.backup_every_steps or "epoch", early_stopping=early,
+                                   scratch_dir=scratch)
     if backup.check():
         log.info("resuming from the backup in %s", backup_dir)
     cbs = ([averaging.AveragedValidation()] if cfg.optimizer.ema_momentum > 0 else []) + (
@@ -190,12 +193,26 @@ def _full_history(work_dir: str, this_run: dict) -> dict:
 
 
 def train(job: TrainJob) -> dict:
-    """Train, evaluate, export. Returns (and writes to WORK_DIR/results.json) the outcome."""
+    """Train, evaluate, export. Returns (and writes to WORK_DIR/results.json) the outcome.
+
+    Every worker of a multi-worker run trains and saves (the collectives need them all); a worker
+    other than the chief writes its logs, backup and export to a scratch folder of its own
+    (TMPDIR/fatp-worker-*), removed when it ends, finished or failed."""
+    scratch = None if is_chief() else tempfile.mkdtemp(prefix="fatp-worker-")
+    try:
+        return _train(job, scratch)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _train(job: TrainJob, scratch: str | None) -> dict:
     import keras
     import tensorflow as tf
 
     from pipeline.training import export
     from pipeline.training import model as model_lib
+    from pipeline.training import resume
     from pipeline.metrics.lwlrap_keras import LwlrapMetric
 
     cfg = job.cfg
@@ -224,8 +241,8 @@ def train(job: TrainJob) -> dict:
         steps = -(-job.train_examples // global_batch) * cfg.epochs if job.train_examples else None
         model.compile(optimizer=model_lib.optimizer(cfg, steps), loss=model_lib.loss_fn(cfg),
                       metrics=[LwlrapMetric(num_classes, name="lwlrap")])
-    chief = is_chief()
-    callbacks, backup = _callbacks(job, chief, replicas)
+    chief = scratch is None
+    callbacks, backup = _callbacks(job, scratch, replicas)
     t0 = time.time()
     history = model.fit(train_ds, validation_data=eval_ds, epochs=cfg.epochs, callbacks=callbacks,
                         shuffle=False, verbose=2)
@@ -239,10 +256,12 @@ def train(job: TrainJob) -> dict:
         plots.training_curves(_full_history(job.work_dir, history.history),
                               os.path.join(plots.ensure_dir(os.path.join(job.work_dir, "plots")), "training_curves.png"))
         results.update(_evaluate(model, job, eval_ds))
-    if job.export_base:  # every worker saves (collectives); non-chiefs into a throwaway directory
-        base = job.export_base if chief else tempfile.mkdtemp(prefix="fatp-export-")
-        results["export_path"] = export.export_saved_model(model, job.feature_cfg, cfg, job.labels_path, base,
-                                                           version=job.export_version, serving_cfg=job.serving_cfg)
+    if job.export_base:  # every worker saves (collectives); non-chiefs into their scratch folder
+        base = job.export_base if chief else os.path.join(scratch, "export")
+        path = export.export_saved_model(model, job.feature_cfg, cfg, job.labels_path, base,
+                                         version=job.export_version, serving_cfg=job.serving_cfg)
+        results["export_path"] = path if chief else None
+    results["weights_sha256"] = resume.weights_digest(model)   # equal on every worker (synchronous all-reduce)
     if chief:
         with open(os.path.join(job.work_dir, "results.json"), "w") as f:
             json.dump(results, f, indent=1, default=float)

@@ -4,6 +4,7 @@ graph with INVALID_ARGUMENT and a readable message."""
 import io
 import os
 import subprocess
+import time
 
 import keras
 import numpy as np
@@ -101,6 +102,35 @@ def test_layout_labels_asset_and_no_temporary_version(exported):
     with pytest.raises(FileExistsError, match="never overwritten"):
         export.export_saved_model(exported["model"], FEATURES, TRAINER, str(exported["labels"]), str(base),
                                   version=versions[0])
+
+
+def _export_again(exported, base, **kw):
+    return export.export_saved_model(exported["model"], FEATURES, TRAINER, str(exported["labels"]), str(base),
+                                     serving_cfg=config.ServingConfig(warmup_requests=0), **kw)
+
+
+def test_another_exports_temporary_folder_is_never_removed(exported, tmp_path):
+    """Before, an export of version V deleted EXPORT_BASE/.tmp-V, which may be another export of
+    V in progress (or a folder of someone else's); now each export writes to a folder of its own."""
+    base = tmp_path / "base"
+    theirs = [base / ".tmp-1700000000", base / ".tmp-export-1700000000-1-other"]
+    for folder in theirs:
+        folder.mkdir(parents=True)
+        (folder / "saved_model.pb").write_bytes(b"in progress")
+    path = _export_again(exported, base, version=1700000000)
+    assert path == str(base / "1700000000") and os.path.isfile(os.path.join(path, "saved_model.pb"))
+    for folder in theirs:
+        assert (folder / "saved_model.pb").read_bytes() == b"in progress"
+    assert sorted(os.listdir(base)) == sorted(["1700000000"] + [f.name for f in theirs])
+
+
+def test_an_export_without_a_version_goes_above_the_newest(exported, tmp_path):
+    """A newest version ahead of the clock (another host's clock, a version copied by hand): the
+    export takes the next number, not the clock's lower one, which TF Serving would never serve."""
+    base = tmp_path / "base"
+    ahead = int(time.time()) + 3600
+    (base / str(ahead)).mkdir(parents=True)
+    assert _export_again(exported, base) == str(base / str(ahead + 1))
 
 
 def test_warmup_requests_replay_through_the_tf_serving_loader(exported):

@@ -243,7 +243,8 @@ from pipeline import config
 from pipeline.training import train
 job = train.job_from_examples(examples, config.trainer_config("small", "epochs: 1"), work, os.path.join(work, "export"))
 res = train.train(job)
-print("RESULT " + json.dumps({k: res[k] for k in ("replicas", "global_batch", "epochs_run", "export_path")}))
+print("RESULT " + json.dumps({k: res[k] for k in ("replicas", "global_batch", "epochs_run", "export_path",
+                                                 "weights_sha256")}))
 '''
 
 
@@ -261,8 +262,9 @@ def free_ports(n):
 LAYOUTS = {"worker-worker": [("worker", 0), ("worker", 1)], "chief-worker": [("chief", 0), ("worker", 0)]}
 
 
-def run_two_workers(train_examples, tmp_path, keras_patch, layout="worker-worker", timeout=240):
-    """Two training processes on 127.0.0.1; the first task of the layout is the chief."""
+def run_two_workers(train_examples, tmp_path, keras_patch, layout="worker-worker", timeout=240, script=WORKER, args=()):
+    """Two training processes on 127.0.0.1 running `script` (EXAMPLES WORK_DIR *args); the first
+    task of the layout is the chief."""
     tasks = LAYOUTS[layout]
     cluster = {}
     for (kind, _), port in zip(tasks, free_ports(2)):
@@ -272,7 +274,8 @@ def run_two_workers(train_examples, tmp_path, keras_patch, layout="worker-worker
         tf_config = json.dumps({"cluster": cluster, "task": {"type": kind, "index": index}})
         env = child_env(tmp_path, TF_CONFIG=tf_config, FATP_KERAS_MULTIWORKER_PATCH="1" if keras_patch else "0")
         log = open(tmp_path / f"worker{i}.log", "w")
-        procs.append((subprocess.Popen([sys.executable, "-c", WORKER, str(train_examples.out), str(tmp_path / f"w{i}")],
+        procs.append((subprocess.Popen([sys.executable, "-c", script, str(train_examples.out), str(tmp_path / f"w{i}"),
+                                        *args],
                                        cwd=REPO, env=env, stdout=log,
                                        stderr=subprocess.STDOUT), log))
     deadline = time.time() + timeout
@@ -294,14 +297,6 @@ def result_line(log):
     lines = [ln for ln in log.splitlines() if ln.startswith("RESULT ")]
     assert lines, log[-4000:]
     return json.loads(lines[-1][len("RESULT "):])
-
-
-def saved_variables(export_path):
-    """The model's variables in an export, by position in model.variables (ExportArchive's
-    "variables/N"; its "_all_variables/N" index the same values in a per-process order)."""
-    reader = tf.train.load_checkpoint(os.path.join(export_path, "variables", "variables"))
-    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
-            if name.startswith("variables/") and name.endswith("VARIABLE_VALUE")}
 
 
 class KnownKerasMultiWorkerBug(AssertionError):
@@ -329,29 +324,44 @@ def test_multi_worker_fit_in_keras(train_examples, tmp_path):
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_two_workers_agree(train_examples, tmp_path, layout):
     """TF_CONFIG with two local workers (worker 0 is the chief) or a chief and a worker: both
-    finish, the chief writes results.json and the export, the other only a throwaway export, and
-    both end with the same weights (synchronous all-reduce), through the trainer as users run it
-    (with its Keras multi-worker patch).
+    finish, the chief writes results.json and the export, the other only a throwaway export in a
+    scratch folder it removes (before, its fatp-worker-*/fatp-export-* folders stayed in TMPDIR),
+    and both end with the same weights (synchronous all-reduce), through the trainer as users run
+    it (with its Keras multi-worker patch).
 
     The chief-and-worker layout needs the examples sharded by DATA (one file per split here, fewer
     than the workers, so FILE sharding fails) like the two-worker one."""
     outcome = run_two_workers(train_examples, tmp_path, keras_patch=True, layout=layout)
     for i, (rc, log) in enumerate(outcome):
         assert rc == 0, f"worker {i}:\n{log[-6000:]}"
+    assert not glob.glob(str(tmp_path / "fatp-*"))          # child_env's TMPDIR: no scratch folder left
     chief, other = (result_line(log) for _, log in outcome)
     for r in (chief, other):
         assert r["replicas"] == 2 and r["global_batch"] == 16 and r["epochs_run"] == 1
-    assert chief["export_path"].startswith(str(tmp_path / "w0" / "export"))
-    assert not other["export_path"].startswith(str(tmp_path / "w1"))
+    assert chief["export_path"].startswith(str(tmp_path / "w0" / "export")) and other["export_path"] is None
+    assert os.listdir(tmp_path / "w1") == []                  # the other worker wrote nothing to its work dir
     with open(tmp_path / "w0" / "results.json") as f:
         res = json.load(f)
     assert res["replicas"] == 2 and 0.0 <= res["eval_lwlrap"] <= 1.0
     assert not (tmp_path / "w1" / "results.json").exists()
     assert not (tmp_path / "w0" / "backup").exists()
-    a, b = saved_variables(chief["export_path"]), saved_variables(other["export_path"])
-    assert a.keys() == b.keys() and len(a) >= 10
-    for name in a:
-        np.testing.assert_allclose(a[name], b[name], rtol=0, atol=1e-6, err_msg=name)
+    assert chief["weights_sha256"] == other["weights_sha256"]
+
+
+WORKER_BROKEN_EVAL = WORKER.replace("res = train.train(job)", "job.eval_files = [sys.argv[3]]\nres = train.train(job)")
+
+
+@pytest.mark.slow
+def test_workers_that_fail_remove_their_scratch_folders(train_examples, tmp_path):
+    """Both workers fail at the first validation (a corrupt eval file): the non-chief's scratch
+    folder (logs, backup) is removed all the same (before, fatp-worker-*/fatp-backup-* stayed)."""
+    broken = tmp_path / "broken.tfrecord.gz"
+    broken.write_bytes(b"not a TFRecord file" * 100)
+    outcome = run_two_workers(train_examples, tmp_path, keras_patch=True, script=WORKER_BROKEN_EVAL,
+                              args=[str(broken)])
+    for i, (rc, log) in enumerate(outcome):
+        assert rc not in (0, -9) and "DataLossError" in log, f"worker {i}:\n{log[-6000:]}"
+    assert not glob.glob(str(tmp_path / "fatp-*"))
 
 
 WORKER_RESUMABLE = WORKER.replace('config.trainer_config("small", "epochs: 1")',
@@ -413,9 +423,7 @@ def test_two_workers_killed_and_restarted_resume_the_same_state(train_examples, 
     with open(work / "results.json") as f:
         res = json.load(f)
     assert res["resumed"]["epoch"] == saved_epoch and res["epochs_run"] == 6 - saved_epoch
-    a, b = saved_variables(chief["export_path"]), saved_variables(other["export_path"])
-    for name in a:
-        np.testing.assert_allclose(a[name], b[name], rtol=0, atol=1e-6, err_msg=name)
+    assert chief["weights_sha256"] == other["weights_sha256"]
     assert not (work / "backup").exists()
 
 
