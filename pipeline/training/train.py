@@ -12,6 +12,7 @@ WORK_DIR/backup (resume state), logs/ (TensorBoard), history.csv, plots/, result
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -49,6 +50,7 @@ class TrainJob:
     export_version: str | None = None      # EXPORT_BASE/<this>/ instead of a timestamp (TFX: "Format-Serving")
     data_id: str | None = None             # which Beam job output: its folder and manifest time (backups check it)
     serving_cfg: config_lib.ServingConfig = field(default_factory=config_lib.ServingConfig)   # the export's limits
+    backup_dir: str | None = None          # where the backup lives (default WORK_DIR/backup; TFX: see run_fn)
 
     @property
     def labels(self) -> list[str]:
@@ -139,7 +141,7 @@ def _callbacks(job: TrainJob, scratch: str | None, replicas: int):
     from pipeline.training import resume
 
     cfg = job.cfg
-    backup_dir = os.path.join(job.work_dir, "backup")
+    backup_dir = job.backup_dir or os.path.join(job.work_dir, "backup")
     chief = scratch is None
     log_dir = job.work_dir if chief else scratch
     early = None
@@ -304,9 +306,26 @@ def run_fn(fn_args) -> None:
         raise ValueError(f"custom_config has no {EXAMPLES_URI!r}: run the Trainer with components.trainer's executor "
                          f"(it passes the Examples artifact's folder, where manifest.json lies)")
     serving_dir = fn_args.serving_model_dir.rstrip("/")
-    train(job_from_examples(examples_dir, cfg, fn_args.model_run_dir, os.path.dirname(serving_dir),
+    job = job_from_examples(examples_dir, cfg, fn_args.model_run_dir, os.path.dirname(serving_dir),
                             files=(train_files, eval_files), export_version=os.path.basename(serving_dir),
-                            serving_cfg=config_lib.serving_config(custom.get("serving_config", ""))))
+                            serving_cfg=config_lib.serving_config(custom.get("serving_config", "")))
+    job.backup_dir = attempts_backup_dir(fn_args.model_run_dir, examples_dir, config_lib.resolved_text(cfg),
+                                         custom.get(CODE_VERSION, ""))
+    train(job)
+
+
+def attempts_backup_dir(model_run_dir: str, examples_dir: str, config_text: str, code_version: str) -> str:
+    """Where a TFX Trainer keeps its backup so that a retry resumes it.
+
+    TFX gives every attempt its own model_run folder (PIPELINE_ROOT/Trainer/model_run/<execution
+    id>), so a backup kept there was never seen again: a Trainer killed after hours started from
+    epoch 0. Attempts of the same training (the same Examples folder, resolved config and code)
+    share PIPELINE_ROOT/Trainer/backups/<their digest>/; the backup's own check still refuses one
+    written with other settings (another replica count, say), and it is deleted once the model is
+    exported."""
+    key = hashlib.sha256("\0".join([examples_dir, config_text, code_version]).encode()).hexdigest()[:16]
+    trainer_dir = os.path.dirname(os.path.dirname(model_run_dir.rstrip("/")))
+    return fileio.join(trainer_dir, "backups", key)
 
 
 def arg_parser() -> argparse.ArgumentParser:

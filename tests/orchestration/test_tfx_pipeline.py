@@ -268,14 +268,13 @@ def test_a_run_killed_during_training_resumes_with_the_finished_components(tmp_p
     env.pop("TF_CONFIG", None)
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
-    model_run = tmp_path / "pipeline" / "Trainer" / "model_run"
+    backups = tmp_path / "pipeline" / "Trainer" / "backups"
     deadline = time.time() + 600
-    try:   # wait until Keras is fitting (TensorBoard's log folder appears), then kill the whole run
-        while not any((d / "logs").exists() for d in (model_run.iterdir() if model_run.exists() else [])):
+    try:   # wait until the Trainer has backed up an epoch where a retry looks, then kill the whole run
+        while not list(backups.glob("*/LATEST")):
             assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-            assert time.time() < deadline, "the Trainer never started"
+            assert time.time() < deadline, f"the Trainer wrote no backup under {backups}"
             time.sleep(0.5)
-        time.sleep(2)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -288,10 +287,15 @@ def test_a_run_killed_during_training_resumes_with_the_finished_components(tmp_p
     rerun = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     store = run_report.open_store(str(tmp_path / "pipeline" / "metadata.sqlite"))
-    resumed = {r.component: r.state for r in run_report.component_runs(store, NAME, run_report.latest_run_id(store, NAME))}
+    runs = {r.component: r for r in run_report.component_runs(store, NAME, run_report.latest_run_id(store, NAME))}
+    resumed = {c: r.state for c, r in runs.items()}
     assert {c: resumed[c] for c in done_before} == {c: "CACHED" for c in done_before}, resumed
     assert resumed["Trainer"] == "COMPLETE" and resumed["Pusher"] == "COMPLETE"
     assert len(os.listdir(tmp_path / "serving" / "fat_tagger")) == 1
+    # the retry (a new execution, a new model_run folder) resumed the killed attempt's training
+    results = json.load(open(os.path.join(runs["Trainer"].outputs["model_run"][0].uri, "results.json")))
+    assert results["resumed"] and results["resumed"]["epoch"] >= 0, results["resumed"]
+    assert os.listdir(backups) == []          # deleted once the model was exported
 
 
 def test_bad_input_above_max_error_ratio_fails_the_example_gen_and_nothing_downstream_runs(root, tmp_path, capsys):
