@@ -17,7 +17,16 @@ import sys
 # process only, as if not installed: TFX components and training import it as usual.
 sys.modules.setdefault("keras", None)
 
-from pipeline.beam.cli import main  # noqa: E402
+
+def main():
+    from pipeline import logs
+
+    logs.quiet_tensorflow()
+    logs.filter_native_stderr(sys.argv[1:])   # TensorFlow's start-up notices (pipeline/logs.py)
+    from pipeline.beam.cli import main as job_main
+
+    job_main()
+
 
 if __name__ == "__main__":
     main()

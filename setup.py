@@ -100,10 +100,11 @@ setup(
         "console_scripts": [
             "fatp-beam=beam_runner:main",
             "fatp-demo-data=pipeline.data.demo_data:main",
-            "fatp-train=pipeline.training.train:main",
-            "fatp-predict=pipeline.serving.predict:main",
-            "fatp-pipeline=pipeline.orchestration.run_local:main",
-            "fatp-kubeflow=pipeline.orchestration.kubeflow:main",
+            # through pipeline.logs: TensorFlow's start-up noise filtered before anything imports it
+            "fatp-train=pipeline.logs:train",
+            "fatp-predict=pipeline.logs:predict",
+            "fatp-pipeline=pipeline.logs:run_pipeline",
+            "fatp-kubeflow=pipeline.logs:kubeflow",
         ],
     },
 )

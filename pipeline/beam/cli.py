@@ -114,7 +114,8 @@ class _WorkerLogFilter(logging.Filter):
 # (multi_threading mode) announcing their start and stop, and Beam reading our DoFns' postponed
 # annotations (`from __future__ import annotations`) as Any, once per transform.
 _CHATTY_LOGGERS = ("apache_beam.runners.worker", "apache_beam.runners.portability.fn_api_runner.worker_handlers",
-                   "apache_beam.typehints.native_type_compatibility")
+                   "apache_beam.typehints.native_type_compatibility",
+                   "apache_beam.transforms.util")      # BatchElements' timing statistics
 
 
 def run(argv: list[str] | None = None) -> int:

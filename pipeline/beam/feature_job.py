@@ -41,6 +41,7 @@ class JobSpec:
     compression: str = "none"                # shards: none, fast or best (tfrecord.DEFLATE)
     split_prefix: str = ""                   # split folders are PREFIX<split>/ ("Split-" for TFX's Examples)
     inputs: dict = field(default_factory=dict)
+    expected_rows: int | None = None         # the CSV's data lines: the total progress lines count towards
 
 
 def _versions() -> dict:
@@ -111,8 +112,12 @@ def build(p: beam.Pipeline, spec: JobSpec) -> beam.PCollection:
     """Add the job to pipeline `p`; returns the PCollection holding the written manifest."""
     vocabulary = spec.vocabulary if spec.mode == "train" else None
     rows = p | "ReadRows" >> bt.ReadRows(spec.csv_path, vocabulary)
+    from pipeline.beam import runners
+
+    # progress lines say "of ~N" only where one process does all the work (its counter is the job's)
+    total = spec.expected_rows if runners.in_one_process(p.options) else None
     feats = rows["rows"] | "ComputeFeatures" >> bt.ComputeFeatures(
-        spec.audio_dir, spec.cfg, spec.batch_size, spec.intra_op_threads)
+        spec.audio_dir, spec.cfg, spec.batch_size, spec.intra_op_threads, expected_rows=total)
     shards = feats["mels"] | "WriteExamples" >> bt.WriteExamples(
         spec.output_dir, spec.eval_ratio if spec.mode == "train" else None, spec.compression, spec.split_prefix)
     dead = ((rows[bt.DEAD], feats[bt.DEAD]) | "AllDead" >> beam.Flatten()
@@ -165,13 +170,14 @@ def make_spec(*, output_dir: str, cfg: config_lib.FeatureConfig, data_dir: str |
         if not FileSystems.exists(path):
             raise ValueError(f"{what} {path} does not exist")
     try:
-        header = fileio.read_text(csv_path).splitlines()[:1]
-        kaggle_layout.parse_rows("\n".join(header), None if test else vocabulary)
+        lines = fileio.read_text(csv_path).splitlines()
+        kaggle_layout.parse_rows("\n".join(lines[:1]), None if test else vocabulary)
     except (ValueError, FileNotFoundError) as e:
         raise ValueError(f"--csv {csv_path}: {e}") from None
     return JobSpec(csv_path=csv_path, audio_dir=audio_path, output_dir=output_dir, vocabulary=vocabulary, cfg=cfg,
                    mode=mode, eval_ratio=eval_ratio, max_error_ratio=max_error_ratio, batch_size=batch_size,
                    intra_op_threads=intra_op_threads, compression=compression, split_prefix=split_prefix,
+                   expected_rows=sum(1 for line in lines[1:] if line.strip()),
                    inputs={"csv": csv_path, "audio_dir": audio_path, "labels": labels_path,
                            **({"data_dir": data_dir} if data_dir else {}), **(inputs or {})})
 

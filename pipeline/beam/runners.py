@@ -93,3 +93,14 @@ def runner_flags(beam_args: list[str]) -> list[str]:
 
 def pipeline_options(beam_args: list[str]) -> PipelineOptions:
     return PipelineOptions(runner_flags(beam_args))
+
+
+def in_one_process(options: PipelineOptions) -> bool:
+    """Whether a pipeline with these options runs all its work in this process (Beam's local runner
+    in memory or on threads): then a counter in the process counts the whole job."""
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+
+    runner = (options.view_as(StandardOptions).runner or LOCAL_RUNNER)
+    runner = runner if isinstance(runner, str) else type(runner).__name__
+    mode = options.view_as(DirectOptions).direct_running_mode or "in_memory"
+    return runner.lower() in _LOCAL_RUNNER_NAMES | {"directrunner"} and mode in ("in_memory", "multi_threading")

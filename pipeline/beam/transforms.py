@@ -197,13 +197,49 @@ def _set_tf_threads(tf, threads: int) -> None:
 _TF_THREADS_WARNED: list = []
 
 
+class _Progress:
+    """Clips featurized in this process, for one line every few seconds: "features: 120 of ~819
+    clips (15%), 14.2 clips/s, ~49 s left" where the process does the whole job (`total` known),
+    else "120 clips in this worker process". Threads of a process share it."""
+
+    EVERY_S = 5.0
+
+    def __init__(self):
+        self._lock, self._done, self._t0, self._last = threading.Lock(), 0, None, 0.0
+
+    def add(self, n: int, total: int | None) -> None:
+        with self._lock:
+            now = time.time()
+            self._done += n
+            if self._t0 is None:         # the first batch: time counts from here, the first line EVERY_S later
+                self._t0 = self._last = now
+                return
+            if now - self._last < self.EVERY_S:
+                return
+            self._last = now
+            done, rate = self._done, self._done / max(now - self._t0, 1e-9)
+        if total:
+            left = f", ~{max(total - done, 0) / rate:.0f} s left" if done < total else ""
+            log.info("features: %d of ~%d clips (%.0f%%), %.1f clips/s%s", done, total, 100 * min(done / total, 1),
+                     rate, left)
+        else:
+            log.info("features: %d clips in this worker process, %.1f clips/s", done, rate)
+
+
+_PROGRESSES: dict[str, _Progress] = {}       # per job (a process may run several: tests, TFX)
+
+
+def _progress(job: str) -> _Progress:
+    with _FEATURE_FNS_LOCK:
+        return _PROGRESSES.setdefault(job, _Progress())
+
+
 class _ComputeFeatures(beam.DoFn):
     """Batches of clips through the feature function, traced once per worker process."""
 
-    LOG_EVERY_S = 30.0
-
-    def __init__(self, config_text: str, intra_op_threads: int):
-        self._config_text, self._threads = config_text, intra_op_threads
+    def __init__(self, config_text: str, intra_op_threads: int, expected_rows: int | None = None):
+        self._config_text, self._threads, self._total = config_text, intra_op_threads, expected_rows
+        self._job = uuid.uuid4().hex          # copies of this DoFn on the job's workers share it
 
     def setup(self):
         import tensorflow as tf
@@ -213,7 +249,6 @@ class _ComputeFeatures(beam.DoFn):
             _set_tf_threads(tf, self._threads)
         self._pad_batch = features.pad_batch
         self._fn = _shared_feature_fn(self._config_text)
-        self._done, self._t0, self._last_log = 0, time.time(), time.time()
 
     def _run(self, clips):
         waveform, length = self._pad_batch([c.waveform for c in clips])
@@ -235,29 +270,26 @@ class _ComputeFeatures(beam.DoFn):
                                   f"{type(mel).__name__}: {mel}")
             else:
                 yield clip, mel
-        self._done += len(clips)
         Metrics.counter(NAMESPACE, "clips_featurized").inc(len(clips))
-        now = time.time()
-        if now - self._last_log >= self.LOG_EVERY_S:
-            self._last_log = now
-            log.info("features: %d clips on this worker, %.1f clips/s", self._done, self._done / (now - self._t0))
+        _progress(self._job).add(len(clips), self._total)
 
 
 class ComputeFeatures(beam.PTransform):
     """Rows -> decoded audio, trimmed and cut to the window -> batched feature function ->
     (Clip, mel [frames, n_mels])."""
 
-    def __init__(self, audio_dir: str, cfg: config_lib.FeatureConfig, batch_size: int, intra_op_threads: int = 0):
+    def __init__(self, audio_dir: str, cfg: config_lib.FeatureConfig, batch_size: int, intra_op_threads: int = 0,
+                 expected_rows: int | None = None):
         super().__init__()
         self._audio_dir, self._cfg = audio_dir, cfg
-        self._batch_size, self._threads = batch_size, intra_op_threads
+        self._batch_size, self._threads, self._total = batch_size, intra_op_threads, expected_rows
 
     def expand(self, rows):
         decoded = rows | "Decode" >> beam.ParDo(_DecodeAudio(self._audio_dir, config_lib.to_text(self._cfg))).with_outputs(
             DEAD, main="clips")
         featurized = (decoded.clips
                       | "Batch" >> beam.BatchElements(min_batch_size=self._batch_size, max_batch_size=self._batch_size)
-                      | "Features" >> beam.ParDo(_ComputeFeatures(config_lib.to_text(self._cfg), self._threads))
+                      | "Features" >> beam.ParDo(_ComputeFeatures(config_lib.to_text(self._cfg), self._threads, self._total))
                       .with_outputs(DEAD, main="mels"))
         return {"mels": featurized.mels, DEAD: (decoded[DEAD], featurized[DEAD]) | "FlattenDead" >> beam.Flatten()}
 

@@ -140,9 +140,12 @@ def run(argv: list[str] | None = None) -> int:
 
     log.info("running pipeline %s on %s (artifacts in %s, ML Metadata %s)", args.pipeline_name, args.data_dir,
              args.pipeline_root, metadata)
+    from pipeline.orchestration.progress import following
+
     t0, error = time.time(), None
     try:
-        tfx.orchestration.LocalDagRunner().run(pipeline)
+        with following([c.id for c in pipeline.components], logging.getLevelName(args.log_level.upper())):
+            tfx.orchestration.LocalDagRunner().run(pipeline)
     except Exception as e:  # noqa: BLE001 -- a failed component: report from MLMD, then exit 1
         error = e
     seconds = time.time() - t0
@@ -163,4 +166,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    logs.filter_native_stderr(sys.argv[1:])      # as the fatp-pipeline console script does
     main()

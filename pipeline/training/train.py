@@ -139,6 +139,7 @@ def _callbacks(job: TrainJob, scratch: str | None, replicas: int):
 
     from pipeline.training import averaging
     from pipeline.training import resume
+    from pipeline.training.progress import EpochProgress
 
     cfg = job.cfg
     backup_dir = job.backup_dir or os.path.join(job.work_dir, "backup")
@@ -157,7 +158,8 @@ def _callbacks(job: TrainJob, scratch: str | None, replicas: int):
         [early] if early else []) + [
         backup,
         keras.callbacks.TensorBoard(os.path.join(log_dir, "logs")),
-        keras.callbacks.CSVLogger(os.path.join(log_dir, "history.csv"), append=True)]
+        keras.callbacks.CSVLogger(os.path.join(log_dir, "history.csv"), append=True),
+        EpochProgress(cfg.epochs)]
     return cbs, backup
 
 
@@ -247,7 +249,7 @@ def _train(job: TrainJob, scratch: str | None) -> dict:
     callbacks, backup = _callbacks(job, scratch, replicas)
     t0 = time.time()
     history = model.fit(train_ds, validation_data=eval_ds, epochs=cfg.epochs, callbacks=callbacks,
-                        shuffle=False, verbose=2)
+                        shuffle=False, verbose=0)    # one line per epoch from EpochProgress
     seconds = time.time() - t0
     results = {"replicas": replicas, "global_batch": global_batch, "epochs_run": len(history.history.get("loss", [])),
                "resumed": backup.restored,

@@ -634,6 +634,34 @@ def test_tf_threads_that_cannot_take_effect_are_said_once(monkeypatch, caplog):
     assert len(warned) == 1 and warned[0].startswith("--tf_threads 3 is ignored in worker process")
 
 
+def test_progress_lines_count_towards_the_csv_where_one_process_does_the_work(data, tmp_path, monkeypatch, caplog):
+    """Issue 20 §1: on long inputs the job says how far it is. Here every batch is reported
+    (EVERY_S 0): the count of clips featurized of the CSV's rows, clips/s and time left, and
+    the last line reaches every clip that was featurized."""
+    import logging
+    monkeypatch.setattr(bt._Progress, "EVERY_S", 0.0)
+    caplog.set_level(logging.INFO, logger="pipeline.beam.transforms")
+    res = finished(data, tmp_path / "out", *LENIENT, "--batch_size", "4")
+    assert res.rc == 0
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("features: ")]
+    total = len(csv_rows(data.root / "train_curated.csv"))
+    assert lines and all(f" of ~{total} clips (" in line and " clips/s" in line for line in lines), lines[:3]
+    done = [int(line.split()[1]) for line in lines]
+    assert done == sorted(done) and done[-1] == res.manifest["counts"]["written"] + res.manifest["counts"][
+        "failed_by_stage"].get("features", 0)
+    assert "s left" in lines[0]
+
+
+def test_progress_without_a_total_says_it_counts_one_worker_process(caplog, monkeypatch):
+    import logging
+    monkeypatch.setattr(bt._Progress, "EVERY_S", 0.0)
+    caplog.set_level(logging.INFO, logger="pipeline.beam.transforms")
+    progress = bt._Progress()
+    progress.add(8, None)
+    progress.add(8, None)
+    assert [r.getMessage().split(",")[0] for r in caplog.records] == ["features: 16 clips in this worker process"]
+
+
 def test_output_inside_the_data_folder_is_refused(data, tmp_path):
     assert run_job(data, data.root / "examples", *LENIENT) == 2
     assert not (data.root / "examples").exists()

@@ -10,6 +10,7 @@ import csv
 import glob
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -222,7 +223,7 @@ def test_two_cpu_replicas(train_examples, tmp_path):
     loss = res["history"]["loss"]
     assert len(loss) == res["epochs_run"] == 3
     assert loss[-1] < loss[0]
-    assert "3/3" in proc.stdout                               # ceil(47 / 16) steps per epoch
+    assert re.search(r"epoch 3/3 \(3 steps\): loss", proc.stderr)    # ceil(47 / 16) steps per epoch
     # no early stopping in the small preset: the kept model is the last epoch's averaged one
     assert res["eval_lwlrap"] == pytest.approx(res["history"]["val_lwlrap"][-1], abs=1e-4)
 
@@ -234,13 +235,16 @@ def test_two_cpu_replicas(train_examples, tmp_path):
 # FATP_KERAS_MULTIWORKER_PATCH=0 turns the patch off, which test_multi_worker_fit_in_keras uses to
 # notice when a Keras release no longer needs it.
 
+FIRST_EPOCH = re.compile(r"fatp\.train: epoch (\d+/\d+)[ :]")    # the first per-epoch line a process wrote
+
 WORKER = '''
 import json, os, sys
 examples, work = sys.argv[1], sys.argv[2]
 import keras
 keras.config.disable_traceback_filtering()   # full tracebacks: the known Keras error is recognised by them
-from pipeline import config
+from pipeline import config, logs
 from pipeline.training import train
+logs.setup("INFO")                           # the per-epoch lines (pipeline/training/progress.py)
 job = train.job_from_examples(examples, config.trainer_config("small", "epochs: 1"), work, os.path.join(work, "export"))
 res = train.train(job)
 print("RESULT " + json.dumps({k: res[k] for k in ("replicas", "global_batch", "epochs_run", "export_path",
@@ -417,8 +421,8 @@ def test_two_workers_killed_and_restarted_resume_the_same_state(train_examples, 
     logs = [(tmp_path / f"again{i}.log").read_text() for i in range(2)]
     for (p, _), log in zip(procs, logs):
         assert p.returncode == 0, log[-6000:]
-        first_epoch = next(ln for ln in log.splitlines() if ln.startswith("Epoch "))
-        assert first_epoch == f"Epoch {saved_epoch + 1}/6", first_epoch
+        first_epoch = FIRST_EPOCH.search(log)
+        assert first_epoch and first_epoch.group(1) == f"{saved_epoch + 1}/6", log[-3000:]
     chief, other = (result_line(log) for log in logs)
     with open(work / "results.json") as f:
         res = json.load(f)
@@ -466,8 +470,8 @@ def test_backup_and_restore_resumes_after_sigkill(train_examples, tmp_path):
 
     again = run_main(args, tmp_path)
     assert again.returncode == 0, again.stderr[-4000:]
-    first_epoch_line = next(ln for ln in again.stdout.splitlines() if ln.startswith("Epoch "))
-    assert first_epoch_line == f"Epoch {saved_epoch + 1}/{epochs}"   # not "Epoch 1/8"
+    first_epoch = FIRST_EPOCH.search(again.stderr)
+    assert first_epoch and first_epoch.group(1) == f"{saved_epoch + 1}/{epochs}"   # not "1/8"
     with open(work / "results.json") as f:
         res = json.load(f)
     assert res["epochs_run"] == epochs - saved_epoch
