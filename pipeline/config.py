@@ -165,8 +165,10 @@ def example_gen_config(text: str = "") -> AudioExampleGenConfig:
     return cfg
 
 
-def to_text(cfg) -> str:
-    return text_format.MessageToString(cfg)
+def to_text(cfg, with_defaults: bool = False) -> str:
+    """The text proto; with_defaults writes every field out, so the text says what was used even
+    after a default changes."""
+    return text_format.MessageToString(_with_defaults_set(cfg) if with_defaults else cfg)
 
 
 def from_text(text: str, message_cls=FeatureConfig):

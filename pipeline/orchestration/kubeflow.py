@@ -7,6 +7,9 @@
 runs in the project's container image (the Dockerfile: this package and its pinned environment),
 so `pipeline.training.train.run_fn` and the custom components import as they do locally. The compile is
 offline: nothing is submitted (submit the JSON with the Vertex AI SDK or the KFP UI/CLI).
+
+The baseline there is the latest blessed model (BlessingConfig LATEST, BLESSING): Kubeflow V2
+compiles TFX's built-in Resolver strategies only, not the best-blessed-model one.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from pipeline import saved_model_layout as layout
 # The project's image as the Dockerfile builds it (`docker build -t fat-audio-pipeline:0.1.0 .`);
 # push it to a registry the cluster can pull from and pass that name with --image.
 DEFAULT_IMAGE = "fat-audio-pipeline:0.1.0"
+BLESSING = config_lib.BlessingConfig(baseline=config_lib.BlessingConfig.LATEST)
 
 
 def compile_pipeline(pipeline, output_path: str, image: str = DEFAULT_IMAGE) -> str:
@@ -30,7 +34,13 @@ def compile_pipeline(pipeline, output_path: str, image: str = DEFAULT_IMAGE) -> 
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=image),
         output_dir=os.path.dirname(os.path.abspath(output_path)), output_filename=os.path.basename(output_path))
-    runner.run(pipeline, write_out=True)
+    try:
+        runner.run(pipeline, write_out=True)
+    except TypeError as e:
+        if "resolver policy" not in str(e):
+            raise
+        raise ValueError("Kubeflow V2 compiles only TFX's built-in Resolver strategies: build the pipeline "
+                         "with BlessingConfig(baseline=LATEST) (kubeflow.BLESSING)") from e
     return output_path
 
 
@@ -55,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     pipeline = tfx_pipeline.create_pipeline(
         pipeline_name=args.pipeline_name, pipeline_root=args.pipeline_root, data_dir=args.data_dir,
         serving_root=args.serving_root, model_name=args.model_name, example_gen_config=eg,
-        trainer_preset=args.trainer_preset, metadata_path=None,
+        trainer_preset=args.trainer_preset, blessing=BLESSING, metadata_path=None,
         # on a cluster the Beam steps should run on a distributed runner, e.g. --runner=DataflowRunner
         beam_pipeline_args=beam_args or None)
     print(compile_pipeline(pipeline, args.output, args.image))
