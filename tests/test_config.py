@@ -110,6 +110,17 @@ def test_text_round_trip(preset, overrides):
     assert config.mel_shape(back) == config.mel_shape(cfg)
 
 
+def test_text_with_defaults_spells_out_every_field():
+    """What the Evaluator records in MLMD: the blessing it used, whatever later defaults become."""
+    text = config.to_text(config.BlessingConfig(min_lwlrap=0.2), with_defaults=True)
+    assert config.to_text(config.BlessingConfig()) == ""
+    assert text.splitlines() == ["min_lwlrap: 0.2", "baseline_tolerance: 0.01", "baseline: BEST", "gate: INTERVAL",
+                                 "confidence: 0.95", "bootstrap_samples: 1000"]
+    assert config.from_text(text, config.BlessingConfig) == config.BlessingConfig(
+        min_lwlrap=0.2, baseline_tolerance=0.01, baseline="BEST", gate="INTERVAL", confidence=0.95,
+        bootstrap_samples=1000)
+
+
 def test_to_dict_has_defaults_and_derived_values():
     """The manifest's record of the config spells out every default, nested ones too."""
     d = config.to_dict(config.feature_config("seed"))

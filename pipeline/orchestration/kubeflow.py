@@ -14,6 +14,9 @@ the same path would be a cache hit on yesterday's Examples. The ExampleGen's tas
 compiled with caching off. The price: its new Examples artifact is a new input for every step
 after it, so each run recomputes all of them. --cache_example_gen turns the cache back on for a
 data folder that never changes in place (a dated snapshot path, say).
+
+The baseline there is the latest blessed model (BlessingConfig LATEST, BLESSING): Kubeflow V2
+compiles TFX's built-in Resolver strategies only, not the best-blessed-model one.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from pipeline import saved_model_layout as layout
 # The project's image as the Dockerfile builds it (`docker build -t fat-audio-pipeline:0.1.0 .`);
 # push it to a registry the cluster can pull from and pass that name with --image.
 DEFAULT_IMAGE = "fat-audio-pipeline:0.1.0"
+BLESSING = config_lib.BlessingConfig(baseline=config_lib.BlessingConfig.LATEST)
 
 
 EXAMPLE_GEN_TASK = "AudioExampleGen"
@@ -42,7 +46,13 @@ def compile_pipeline(pipeline, output_path: str, image: str = DEFAULT_IMAGE, cac
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=image),
         output_dir=os.path.dirname(os.path.abspath(output_path)), output_filename=os.path.basename(output_path))
-    runner.run(pipeline, write_out=True)
+    try:
+        runner.run(pipeline, write_out=True)
+    except TypeError as e:
+        if "resolver policy" not in str(e):
+            raise
+        raise ValueError("Kubeflow V2 compiles only TFX's built-in Resolver strategies: build the pipeline "
+                         "with BlessingConfig(baseline=LATEST) (kubeflow.BLESSING)") from e
     if not cache_example_gen:
         with open(output_path) as f:
             job = json.load(f)
@@ -77,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     pipeline = tfx_pipeline.create_pipeline(
         pipeline_name=args.pipeline_name, pipeline_root=args.pipeline_root, data_dir=args.data_dir,
         serving_root=args.serving_root, model_name=args.model_name, example_gen_config=eg,
-        trainer_preset=args.trainer_preset, metadata_path=None,
+        trainer_preset=args.trainer_preset, blessing=BLESSING, metadata_path=None,
         # on a cluster the Beam steps should run on a distributed runner, e.g. --runner=DataflowRunner
         beam_pipeline_args=beam_args or None)
     if not args.cache_example_gen:

@@ -2,13 +2,14 @@
 
     fatp-pipeline --data_dir DATA --pipeline_root out/pipeline --serving_root out/serving \\
         [--feature_preset small] [--trainer_preset default] [--epochs 30] [--min_lwlrap 0.4] \\
-        [Beam flags, e.g. --direct_num_workers=2]
+        [--baseline best|latest] [--gate interval|point] [Beam flags, e.g. --direct_num_workers=2]
 
 Components run in order; finished ones are reused from the cache when their inputs and
 parameters are unchanged (a rerun after a crash resumes where it stopped). At the end it prints
-each component's outcome from ML Metadata: dead letters, anomalies, lwlrap against the
-baseline, blessed or not, and where the model was pushed. Exit status: 0 when the run completed
-(blessed or not: "not blessed" is the gate working), 1 when a component failed, 2 for bad flags.
+each component's outcome from ML Metadata: dead letters, anomalies, lwlrap and its interval
+against the baseline, blessed or not and why, and where the model was pushed. Exit status: 0
+when the run completed (blessed or not: "not blessed" is the gate working), 1 when a component
+failed, 2 for bad flags.
 """
 from __future__ import annotations
 
@@ -56,7 +57,15 @@ def arg_parser() -> argparse.ArgumentParser:
                                              "export's request limits max_batch, max_request_seconds, warmup_requests")
     ap.add_argument("--min_lwlrap", type=float, help="bless only above this eval lwlrap (default 0.4, proto/evaluator_config.proto)")
     ap.add_argument("--baseline_tolerance", type=float,
-                    help="bless only if lwlrap >= the last blessed model's - this (default 0.01)")
+                    help="how much worse than the baseline a model may be (absolute lwlrap, default 0.01)")
+    ap.add_argument("--baseline", choices=["best", "latest"],
+                    help="compare with the best blessed model (default: quality cannot drift down run after run) "
+                         "or the latest one")
+    ap.add_argument("--gate", choices=["interval", "point"],
+                    help="refuse when the paired bootstrap interval of candidate - baseline lies below -tolerance "
+                         "(default: noise on a small eval split does not refuse), or when lwlrap < baseline - tolerance")
+    ap.add_argument("--confidence", type=float, help="level of the reported intervals and of the interval gate "
+                                                     "(default 0.95)")
     ap.add_argument("--no_cache", action="store_true", help="run every component even if a cached result exists")
     ap.epilog = ("Flags not listed here go to every Beam component (beam_pipeline_args), e.g. "
                  "--direct_num_workers=4, --runner=DaskRunner --dask_client_address=HOST:8786, or Dataflow "
@@ -90,6 +99,12 @@ def build(args, beam_args: list[str]):
         blessing.min_lwlrap = args.min_lwlrap
     if args.baseline_tolerance is not None:
         blessing.baseline_tolerance = args.baseline_tolerance
+    if args.baseline:
+        blessing.baseline = config_lib.BlessingConfig.Baseline.Value(args.baseline.upper())
+    if args.gate:
+        blessing.gate = config_lib.BlessingConfig.Gate.Value(args.gate.upper())
+    if args.confidence is not None:
+        blessing.confidence = args.confidence
     overrides = args.set + (f"\nepochs: {args.epochs}" if args.epochs else "")
     metadata = args.metadata or os.path.join(args.pipeline_root, "metadata.sqlite")
     if "://" in metadata:

@@ -116,26 +116,6 @@ def lineage(store, artifact_id: int) -> list[tuple[metadata_store_pb2.Execution,
 
 # ---------------------------------------------------------------------------------------------- figures
 
-def evaluation_metrics(evaluation_uri: str) -> dict:
-    """{"candidate": lwlrap, "baseline": lwlrap or None, "examples": count} from TFMA's output."""
-    import tensorflow_model_analysis as tfma
-
-    out = {"candidate": None, "baseline": None, "examples": None}
-    for slice_metrics in tfma.load_metrics(evaluation_uri):
-        if slice_metrics.slice_key.single_slice_keys:
-            continue
-        for kv in slice_metrics.metric_keys_and_values:
-            k = kv.key
-            if k.HasField("sub_key") or k.is_diff:
-                continue
-            who = "baseline" if k.model_name == "baseline" else "candidate"
-            if k.name == "lwlrap":
-                out[who] = kv.value.double_value.value
-            elif k.name == "example_count" and who == "candidate":
-                out["examples"] = int(kv.value.double_value.value)
-    return out
-
-
 def _anomalies(uri: str) -> dict:
     from tensorflow_metadata.proto.v0 import anomalies_pb2
 
@@ -149,6 +129,32 @@ def _anomalies(uri: str) -> dict:
             for feature, info in a.anomaly_info.items():
                 found.setdefault(split.replace("Split-", ""), []).append(f"{feature}: {info.short_description}")
     return found
+
+
+def _evaluator(execution, evaluation, blessing) -> str:
+    """lwlrap with its interval, the baseline and the paired difference, the verdict and its reason."""
+    from components.evaluator import executor as evaluator
+    from pipeline import config as config_lib
+    from pipeline.metrics import lwlrap_tfma
+
+    recorded = prop(execution, evaluator.BLESSING_CONFIG)      # None: an Evaluator from before the gates
+    cfg = config_lib.from_text(recorded or "", config_lib.BlessingConfig)
+    m = lwlrap_tfma.evaluation_metrics(evaluation.uri)
+    ci = lambda pair, sign="": f" [{pair[0]:{sign}.4f}, {pair[1]:{sign}.4f}]" if pair else ""  # noqa: E731
+    value = lambda x: "?" if x is None else f"{x:.4f}"  # noqa: E731
+    note = prop(blessing, evaluator.BASELINE_NOTE) or "none"
+    text = f"lwlrap {value(m['candidate'])}{ci(m['candidate_ci'])} on {m['examples']} eval examples"
+    if m["baseline"] is None:
+        text += f", baseline {note}"
+    else:
+        text += (f", baseline {m['baseline']:.4f}{ci(m['baseline_ci'])} ({note}); candidate - baseline "
+                 f"{m['diff']:+.4f}{ci(m['diff_ci'], '+')} on the same clips")
+    if recorded is not None:
+        text += (f" ({cfg.confidence:.0%} intervals; gate {config_lib.BlessingConfig.Gate.Name(cfg.gate)}, "
+                 f"tolerance {cfg.baseline_tolerance:g}, min_lwlrap {cfg.min_lwlrap:g})")
+    if prop(blessing, "blessed") == 1:
+        return text + " -> BLESSED"
+    return text + f" -> NOT BLESSED: {prop(blessing, evaluator.REASON) or 'no reason recorded'}"
 
 
 def describe(run: ComponentRun) -> str:
@@ -171,14 +177,7 @@ def describe(run: ComponentRun) -> str:
                     r = json.load(f)
                 return f"eval lwlrap {r['eval_lwlrap']:.4f} after {r['epochs_run']} epochs ({r['train_seconds']:.0f} s)"
         if run.component == "Evaluator" and first("blessing") is not None:
-            m = evaluation_metrics(first("evaluation").uri)
-            blessed = prop(first("blessing"), "blessed") == 1
-            baseline = (run.inputs.get("baseline_model") or [None])[0]
-            base = (f"{m['baseline']:.4f} (model {baseline.id})" if baseline is not None and m["baseline"] is not None
-                    else "none (no blessed model yet)")
-            cand = f"{m['candidate']:.4f}" if m["candidate"] is not None else "?"
-            verdict = "BLESSED" if blessed else "NOT BLESSED"
-            return f"lwlrap {cand} on {m['examples']} eval examples, baseline {base} -> {verdict}"
+            return _evaluator(run.execution, first("evaluation"), first("blessing"))
         if run.component == "Pusher" and first("pushed_model") is not None:
             pm = first("pushed_model")
             if prop(pm, "pushed") == 1 and prop(pm, "reused_version") == 1:

@@ -3,8 +3,10 @@
     AudioExampleGen (components/audio_example_gen: the Beam feature job -> Examples)
       -> StatisticsGen -> SchemaGen -> ExampleValidator     (scalar and label features only)
       -> Trainer (run_fn = pipeline.training.train.run_fn, by import path: no module file, no wheel at run time)
-      -> Resolver(LatestBlessedModelStrategy): the baseline = the latest blessed model
-      -> Evaluator (TFMA with lwlrap, pipeline.metrics.lwlrap_tfma; blesses on BlessingConfig thresholds)
+      -> Resolver: the baseline = the best blessed model (pipeline/orchestration/baseline.py), or with
+         BlessingConfig LATEST the latest (TFX's LatestBlessedModelStrategy, which Kubeflow V2 needs)
+      -> Evaluator (components/evaluator: TFX's, with TFMA's lwlrap, pipeline.metrics.lwlrap_tfma): a
+         baseline with other labels is none; blesses on the BlessingConfig's bar and gate
       -> Pusher (only a blessed model, and not one already served whole; components/serving_pusher)
          -> SERVING_ROOT/<model_name>/<version>/   (copied aside and renamed in; version above the newest)
 
@@ -20,7 +22,6 @@ from pipeline import saved_model_layout as layout
 from pipeline import versions
 from pipeline.beam import runners
 from pipeline.data import example_schema as examples_lib
-from pipeline.metrics import lwlrap_tfma
 
 PIPELINE_NAME = "fat-audio-tagging"
 RUN_FN = "pipeline.training.train.run_fn"
@@ -50,7 +51,7 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_dir: str, se
       trainer_preset / trainer_overrides: a TrainerConfig preset and text-proto fields over it.
       serving_config: a ServingConfig text proto (the export's request limits; checked here against
         the ExampleGen's feature config).
-      blessing: BlessingConfig thresholds (min_lwlrap, baseline_tolerance).
+      blessing: BlessingConfig: the bar, the baseline (BEST or LATEST) and the gate (INTERVAL or POINT).
       metadata_path: the MLMD SQLite file for local runs (None: no connection config, as for
         Kubeflow, whose orchestrator brings its own).
       beam_pipeline_args: flags for every Beam component; pipeline.beam.runners.runner_flags() adds the
@@ -62,6 +63,8 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_dir: str, se
     from tfx.dsl.components.base import executor_spec
 
     from components.audio_example_gen import AudioExampleGen
+    from components.evaluator.executor import Evaluator
+    from pipeline.orchestration.baseline import BestBlessedModelStrategy
     from components.serving_pusher import executor as serving_pusher
     from components.trainer import executor as trainer_executor
     from pipeline.training import train
@@ -70,6 +73,7 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_dir: str, se
     trainer_cfg = config_lib.trainer_config(trainer_preset, trainer_overrides)
     config_lib.validate_serving(config_lib.serving_config(serving_config),
                                 (example_gen_config or config_lib.example_gen_config()).features)
+    blessing = blessing if blessing is not None else config_lib.BlessingConfig()
     example_gen = AudioExampleGen(data_dir=data_dir, config=example_gen_config)
     statistics_gen = tfx.components.StatisticsGen(
         examples=example_gen.outputs["examples"],
@@ -89,16 +93,17 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_dir: str, se
                        train.RESOLVED_CONFIG: config_lib.resolved_text(trainer_cfg),
                        train.CODE_VERSION: versions.code_version(versions.TRAINER, os.path.dirname(trainer_executor.__file__)),
                        "serving_config": config_lib.resolved_text(config_lib.serving_config(serving_config))})
-    baseline = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+    baseline = tfx.dsl.Resolver(     # (its id predates BEST; kept so that older pipeline roots' MLMD reads on)
+        strategy_class=(BestBlessedModelStrategy if blessing.baseline == blessing.BEST
+                        else tfx.dsl.experimental.LatestBlessedModelStrategy),
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
         model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
     ).with_id("latest_blessed_model_resolver")
-    evaluator = tfx.components.Evaluator(
+    evaluator = Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
         baseline_model=baseline.outputs["model"],
-        eval_config=lwlrap_tfma.eval_config(blessing))
+        blessing=blessing)
     pusher = tfx.components.Pusher(
         # TFX's Pusher; its executor pushes whole versions above the newest and reuses a complete copy
         custom_executor_spec=executor_spec.ExecutorClassSpec(serving_pusher.Executor),

@@ -1,7 +1,6 @@
-"""pipeline/metrics/lwlrap_tfma.py: the TFMA lwlrap metric, and TFX's own Evaluator executor blessing (or
-not) a real exported model with it, as the pipeline runs it."""
-import os
-import shutil
+"""pipeline/metrics/lwlrap_tfma.py: the TFMA lwlrap metric, its bootstrap intervals and the EvalConfig of the
+blessing (the Evaluator that runs them on real models: tests/components/test_evaluator.py)."""
+import json
 
 import apache_beam as beam
 import numpy as np
@@ -11,7 +10,7 @@ from tensorflow_model_analysis.metrics import metric_types
 from tensorflow_model_analysis.proto import config_pb2
 
 from pipeline import config
-from pipeline.metrics import lwlrap_tfma
+from pipeline.metrics import bootstrap, lwlrap_tfma
 from pipeline.metrics.lwlrap import lwlrap, per_class_lwlrap
 
 
@@ -80,99 +79,93 @@ def test_label_index_outside_the_model_is_an_error():
         lwlrap_tfma.multi_hot(np.array([-1]), 3)
 
 
-def test_eval_config_carries_the_blessing_thresholds():
-    cfg = lwlrap_tfma.eval_config(config.BlessingConfig(min_lwlrap=0.3, baseline_tolerance=0.02))
-    metric = cfg.metrics_specs[0].metrics[0]
-    assert metric.class_name == "Lwlrap" and metric.module == "pipeline.metrics.lwlrap_tfma"
-    assert metric.threshold.value_threshold.lower_bound.value == pytest.approx(0.3)
-    assert metric.threshold.change_threshold.absolute.value == pytest.approx(-0.02)
-    assert metric.threshold.change_threshold.direction == config_pb2.MetricDirection.HIGHER_IS_BETTER
+def test_interval_combiner_pairs_candidate_and_baseline_on_the_same_clips():
+    """Candidate and baseline scores of one element are one clip's pair: the intervals are the
+    bootstrap of the clips' sums (computed here from the score arrays), whatever the split of the
+    work into accumulators, and through a real Beam pipeline."""
+    labels, scores, truth = _random_case(seed=5)
+    worse = np.where(np.random.default_rng(0).random(scores.shape) < 0.3, scores[:, ::-1], scores)
+    cfg = config_pb2.EvalConfig(model_specs=[config_pb2.ModelSpec(name="candidate", label_key="labels"),
+                                             config_pb2.ModelSpec(name="baseline", label_key="labels", is_baseline=True)])
+    elements = [metric_types.StandardMetricInputs(labels=np.asarray(l, np.int64),
+                                                  predictions={"candidate": s, "baseline": w})
+                for l, s, w in zip(labels, scores, worse)]
+    (computation,) = lwlrap_tfma.LwlrapInterval(confidence=0.9, samples=300).computations(
+        eval_config=cfg, model_names=["candidate", "baseline"])
+    fn = computation.combiner
+    accs = []
+    for part in (elements[20:], elements[:3], elements[3:20]):
+        acc = fn.create_accumulator()
+        for e in part:
+            acc = fn.add_input(acc, e)
+        accs.append(acc)
+    out = {(k.model_name, k.name): v for k, v in fn.extract_output(fn.merge_accumulators(accs)).items()}
+
+    (c_hits, positives), (b_hits, _) = bootstrap.clip_sums(truth, scores), bootstrap.clip_sums(truth, worse)
+    reps = bootstrap.replicates(np.stack([c_hits, b_hits]), positives, samples=300)
+    (c_low, b_low), (c_high, b_high) = bootstrap.interval(reps, 0.9)
+    d_low, d_high = bootstrap.interval(reps[:, 0] - reps[:, 1], 0.9)
+    assert out[("candidate", "lwlrap_ci_low")] == pytest.approx(c_low, abs=1e-12)
+    assert out[("baseline", "lwlrap_ci_high")] == pytest.approx(b_high, abs=1e-12)
+    assert out[("candidate", "lwlrap_diff")] == pytest.approx(lwlrap(truth, scores) - lwlrap(truth, worse), abs=1e-12)
+    assert out[("candidate", "lwlrap_diff_low")] == pytest.approx(d_low, abs=1e-12)
+    assert out[("candidate", "lwlrap_diff_high")] == pytest.approx(d_high, abs=1e-12)
+    assert c_low < lwlrap(truth, scores) < c_high and d_low < out[("candidate", "lwlrap_diff")] < d_high
+    assert not {n for m, n in out if m == "baseline"} & {"lwlrap_diff", "lwlrap_diff_low", "lwlrap_diff_high"}
+
+    def check(got):   # pickled combiner, Beam's own bundling and merging: the same numbers
+        assert len(got) == 1
+        assert {(k.model_name, k.name): v for k, v in got[0].items()} == out
+
+    with beam.Pipeline(runner="FnApiRunner") as p:
+        assert_that(p | beam.Create(elements) | beam.CombineGlobally(fn), check)
+
+
+def test_interval_without_a_baseline_is_the_models_own():
+    labels, scores, truth = _random_case()
+    (computation,) = lwlrap_tfma.LwlrapInterval(samples=200).computations(model_names=[""])
+    fn = computation.combiner
+    acc = fn.create_accumulator()
+    for l, s in zip(labels, scores):
+        acc = fn.add_input(acc, metric_types.StandardMetricInputs(labels=np.asarray(l, np.int64), predictions=s))
+    out = {k.name: v for k, v in fn.extract_output(acc).items()}
+    assert set(out) == {"lwlrap_ci_low", "lwlrap_ci_high"}
+    assert out["lwlrap_ci_low"] < lwlrap(truth, scores) < out["lwlrap_ci_high"]
+
+
+def _thresholds(cfg):
+    from tensorflow_model_analysis.metrics import metric_specs
+
+    return {(k.name, k.is_diff): t for k, ts in metric_specs.metric_thresholds_from_metrics_specs(
+        cfg.metrics_specs, eval_config=cfg).items() for _, t in ts}
+
+
+def test_eval_config_carries_the_blessing_thresholds_of_either_gate():
     assert config.BlessingConfig().min_lwlrap == pytest.approx(0.4)
+    assert config.BlessingConfig().gate == config.BlessingConfig.INTERVAL
+    assert config.BlessingConfig().baseline == config.BlessingConfig.BEST
+    point = lwlrap_tfma.eval_config(config.BlessingConfig(min_lwlrap=0.3, baseline_tolerance=0.02,
+                                                          gate=config.BlessingConfig.POINT))
+    metric = point.metrics_specs[0].metrics[0]
+    assert metric.class_name == "Lwlrap" and metric.module == "pipeline.metrics.lwlrap_tfma"
+    t = _thresholds(point)
+    assert set(t) == {("lwlrap", False), ("lwlrap", True)}
+    assert t["lwlrap", False].lower_bound.value == pytest.approx(0.3)
+    assert t["lwlrap", True].absolute.value == pytest.approx(-0.02)
+    assert t["lwlrap", True].direction == config_pb2.MetricDirection.HIGHER_IS_BETTER
+
+    interval = config.BlessingConfig(min_lwlrap=0.3, baseline_tolerance=0.02, confidence=0.9, bootstrap_samples=50)
+    t = _thresholds(lwlrap_tfma.eval_config(interval))
+    assert set(t) == {("lwlrap", False), ("lwlrap_diff_high", False)}
+    assert t["lwlrap_diff_high", False].lower_bound.value == pytest.approx(-0.02)
+    # without a baseline the paired interval is not computed, so it cannot be a threshold
+    assert set(_thresholds(lwlrap_tfma.eval_config(interval, has_baseline=False))) == {("lwlrap", False)}
+    (cfg,) = [m for m in lwlrap_tfma.eval_config(interval).metrics_specs[0].metrics if m.class_name == "LwlrapInterval"]
+    assert json.loads(cfg.config) == {"confidence": 0.9, "samples": 50}
 
 
-# ------------------------------------------------------------------------------ TFX's Evaluator
-
-@pytest.fixture(scope="module")
-def artifacts(trained, train_examples, tmp_path_factory):
-    """A Model artifact (Format-Serving = the trained fixture's export) and an Examples artifact
-    (Split-eval = the fixture's eval shards), laid out as TFX lays them out."""
-    from tfx.types import artifact_utils, standard_artifacts
-
-    root = tmp_path_factory.mktemp("evaluator")
-    model = standard_artifacts.Model()
-    model.uri = str(root / "model")
-    model.id = 42
-    shutil.copytree(trained[2]["export_path"], os.path.join(model.uri, "Format-Serving"))
-    examples = standard_artifacts.Examples()
-    examples.uri = str(root / "examples")
-    os.makedirs(os.path.join(examples.uri, "Split-eval"))
-    for f in train_examples.manifest["splits"]["eval"]["files"]:
-        shutil.copy(os.path.join(train_examples.out, f["path"]), os.path.join(examples.uri, "Split-eval"))
-    examples.split_names = artifact_utils.encode_split_names(["train", "eval"])
-    return root, model, examples
-
-
-def _evaluate(root, name, model, examples, blessing, baseline=None):
-    from tfx.components.evaluator import executor
-    from tfx.dsl.components.base import base_beam_executor
-    from tfx.types import standard_artifacts
-    from tfx.utils import proto_utils
-
-    evaluation, bless = standard_artifacts.ModelEvaluation(), standard_artifacts.ModelBlessing()
-    evaluation.uri, bless.uri = str(root / name / "evaluation"), str(root / name / "blessing")
-    os.makedirs(evaluation.uri)
-    os.makedirs(bless.uri)
-    inputs = {"examples": [examples], "model": [model]}
-    if baseline is not None:
-        inputs["baseline_model"] = [baseline]
-    ctx = base_beam_executor.BaseBeamExecutor.Context(beam_pipeline_args=["--runner=FnApiRunner"])
-    executor.Executor(ctx).Do(inputs, {"evaluation": [evaluation], "blessing": [bless]},
-                              {"eval_config": proto_utils.proto_to_json(lwlrap_tfma.eval_config(blessing)),
-                               "example_splits": '["eval"]'})
-    return evaluation, bless
-
-
-def _expected_lwlrap(model_dir, train_examples):
-    """lwlrap of the model's serving_default scores on the eval examples, computed here."""
-    import tensorflow as tf
-
-    serve = tf.saved_model.load(model_dir).signatures["serving_default"]
-    rows = train_examples.records["eval"]
-    scores = serve(examples=tf.constant([r.serialized for r in rows]))["scores"].numpy()
-    truth = np.zeros(scores.shape, dtype=bool)
-    for i, r in enumerate(rows):
-        truth[i, r.labels] = True
-    return lwlrap(truth, scores)
-
-
-@pytest.mark.slow
-def test_evaluator_blesses_a_model_over_the_bar_with_exact_lwlrap(artifacts, train_examples):
-    from pipeline.orchestration import run_report
-
-    root, model, examples = artifacts
-    evaluation, bless = _evaluate(root, "first", model, examples, config.BlessingConfig(min_lwlrap=0.0))
-    assert os.listdir(bless.uri) == ["BLESSED"]
-    assert bless.get_int_custom_property("blessed") == 1
-    assert bless.get_int_custom_property("current_model_id") == 42
-    assert bless.get_string_custom_property("current_model") == model.uri
-    m = run_report.evaluation_metrics(evaluation.uri)
-    expected = _expected_lwlrap(os.path.join(model.uri, "Format-Serving"), train_examples)
-    assert m["baseline"] is None and m["examples"] == len(train_examples.records["eval"])
-    assert abs(m["candidate"] - expected) < 1e-6
-
-
-@pytest.mark.slow
-def test_evaluator_refuses_below_the_bar_and_below_the_baseline(artifacts):
-    root, model, examples = artifacts
-    # lwlrap is at most 1: this bar cannot be cleared
-    _, bless = _evaluate(root, "bar", model, examples, config.BlessingConfig(min_lwlrap=1.01), baseline=model)
-    assert os.listdir(bless.uri) == ["NOT_BLESSED"] and bless.get_int_custom_property("blessed") == 0
-    assert bless.get_int_custom_property("baseline_model_id") == 42
-    # the same model as its own baseline: equal passes with tolerance 0 ...
-    _, bless = _evaluate(root, "equal", model, examples,
-                         config.BlessingConfig(min_lwlrap=0.0, baseline_tolerance=0.0), baseline=model)
-    assert os.listdir(bless.uri) == ["BLESSED"]
-    # ... and fails when the candidate must beat the baseline by 0.01
-    _, bless = _evaluate(root, "regress", model, examples,
-                         config.BlessingConfig(min_lwlrap=0.0, baseline_tolerance=-0.01), baseline=model)
-    assert os.listdir(bless.uri) == ["NOT_BLESSED"]
+def test_eval_config_refuses_an_interval_it_cannot_compute():
+    with pytest.raises(ValueError, match=r"confidence must be in \(0, 1\), got 1.0"):
+        lwlrap_tfma.eval_config(config.BlessingConfig(confidence=1.0))
+    with pytest.raises(ValueError, match="bootstrap_samples must be >= 1, got 0"):
+        lwlrap_tfma.eval_config(config.BlessingConfig(bootstrap_samples=0))
