@@ -112,7 +112,7 @@ def test_text_round_trip(preset, overrides):
 
 def test_text_with_defaults_spells_out_every_field():
     """What the Evaluator records in MLMD: the blessing it used, whatever later defaults become."""
-    text = config.to_text(config.BlessingConfig(min_lwlrap=0.2), with_defaults=True)
+    text = config.resolved_text(config.BlessingConfig(min_lwlrap=0.2))
     assert config.to_text(config.BlessingConfig()) == ""
     assert text.splitlines() == ["min_lwlrap: 0.2", "baseline_tolerance: 0.01", "baseline: BEST", "gate: INTERVAL",
                                  "confidence: 0.95", "bootstrap_samples: 1000"]
