@@ -18,6 +18,7 @@ import time
 SERVER_NAMES = ("mariadbd", "mysqld")
 INSTALL_NAMES = ("mariadb-install-db", "mysql_install_db")
 CLIENT_NAMES = ("mariadb", "mysql")
+DUMP_NAMES = ("mariadb-dump", "mysqldump")
 
 
 def _which(names, dirs=("/usr/sbin", "/usr/bin")) -> str | None:
@@ -31,11 +32,12 @@ def _which(names, dirs=("/usr/sbin", "/usr/bin")) -> str | None:
 
 def find_server() -> tuple[dict | None, str]:
     """({"server", "install", "client"} paths, "") or (None, why not)."""
-    paths = {"server": _which(SERVER_NAMES), "install": _which(INSTALL_NAMES), "client": _which(CLIENT_NAMES)}
+    paths = {"server": _which(SERVER_NAMES), "install": _which(INSTALL_NAMES), "client": _which(CLIENT_NAMES),
+             "dump": _which(DUMP_NAMES)}
     missing = [k for k, v in paths.items() if v is None]
     if missing:
         return None, (f"no MariaDB server here (missing {', '.join(missing)}: "
-                      f"{' / '.join(SERVER_NAMES + INSTALL_NAMES + CLIENT_NAMES)}); "
+                      f"{' / '.join(SERVER_NAMES + INSTALL_NAMES + CLIENT_NAMES + DUMP_NAMES)}); "
                       "install Debian's mariadb-server in the project environment (.ci/run does)")
     return paths, ""
 
@@ -90,6 +92,12 @@ class MariaDB:
                            input=statement, capture_output=True, text=True)
         if r.returncode != 0:
             raise RuntimeError(f"SQL failed: {statement!r}: {r.stderr.strip()}")
+        return r.stdout
+
+    def dump(self, database: str) -> str:
+        """Every row of `database` as SQL text."""
+        r = subprocess.run([self.paths["dump"], "--no-defaults", f"--socket={self.socket}", "-uroot", database],
+                           capture_output=True, text=True, check=True)
         return r.stdout
 
     def add_user(self, user: str, password: str) -> None:

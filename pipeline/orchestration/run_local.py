@@ -128,8 +128,11 @@ def _quiet(level: str) -> None:
     (the Trainer's per-epoch lines stay: they are the progress of the long step)."""
     logs.setup(logging.INFO)
     for name in ("absl", "apache_beam", "tensorflow", "tfx", "ml_metadata"):
-        logging.getLogger(name).setLevel(level.upper())
-        logging.getLogger(name).addFilter(_AtLeast(logging.getLevelName(level.upper())))
+        logger = logging.getLogger(name)
+        logger.setLevel(level.upper())
+        for old in [f for f in logger.filters if isinstance(f, _AtLeast)]:   # an earlier run's, in-process
+            logger.removeFilter(old)
+        logger.addFilter(_AtLeast(logging.getLevelName(level.upper())))
 
 
 def run(argv: list[str] | None = None) -> int:
