@@ -47,7 +47,7 @@ class Store:
     """A store to connect to. `config` holds the password: print `where`, never `config`."""
     config: metadata_store_pb2.ConnectionConfig = field(repr=False)
     where: str
-    password_from: str = ""      # what the password was read from, for messages
+    password_from: str = ""      # what the password was read from, for messages ("": none given)
 
     def __str__(self) -> str:
         return self.where
@@ -81,7 +81,7 @@ def _password(password_file: str | None, environ) -> tuple[str, str]:
             raise MetadataError(f"cannot read --metadata_password_file {password_file}: {e.strerror}") from None
     if environ.get(PASSWORD_ENV) is not None:
         return environ[PASSWORD_ENV], f"${PASSWORD_ENV}"
-    return "", f"nowhere (no ${PASSWORD_ENV}, no --metadata_password_file)"
+    return "", ""
 
 
 def mysql(uri: str, password_file: str | None = None, environ=None) -> Store:
@@ -191,8 +191,10 @@ def _check_mysql(store: Store, create_database: bool) -> None:
     except pymysql.err.OperationalError as e:
         code, text = (e.args + ("",))[:2]
         if code == _ACCESS_DENIED:
+            given = (f"the password was read from {store.password_from}" if store.password_from else
+                     f"no password was given: set ${PASSWORD_ENV} or --metadata_password_file")
             raise MetadataError(f"the ML Metadata server {server} refused user {m.user!r}: wrong user or password "
-                                f"(the password was read from {store.password_from})") from None
+                                f"({given})") from None
         if code in (2003, 2005, 2006, 2013):
             raise MetadataError(f"cannot reach the ML Metadata server {server} ({text}): is it running, and may "
                                 "this machine connect to that host and port? Check --metadata") from None

@@ -80,6 +80,10 @@ def test_wrong_credentials_are_refused_in_words(mariadb):
                                                 r"was read from \$FATP_METADATA_PASSWORD\)") as e:
         mc.check(_store(mariadb, "mlmd_creds", password=SECRET))
     assert SECRET not in str(e.value)
+    no_password = mc.from_flags(mariadb.uri("mlmd_creds"), "", environ={})
+    with pytest.raises(mc.MetadataError, match=r"refused user 'fatp': wrong user or password \(no password was "
+                                                r"given: set \$FATP_METADATA_PASSWORD or --metadata_password_file\)"):
+        mc.check(no_password)
 
 
 def test_a_missing_database_is_created_only_when_asked(mariadb):
