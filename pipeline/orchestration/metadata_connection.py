@@ -223,9 +223,10 @@ def _check_mysql(store: Store, create_database: bool) -> None:
             cur.execute("SELECT schema_version FROM MLMDEnv")
             row = cur.fetchone()
             found = int(row[0]) if row else None
-        except pymysql.err.ProgrammingError as e:
+        except pymysql.err.MySQLError as e:
             if e.args[0] != _NO_TABLE:
-                raise
+                raise MetadataError(f"cannot read the ML Metadata schema version in {store.where}: "
+                                    f"{e.args[-1]}") from None
             found = None          # an empty database: MLMD creates its tables
     check_schema(store, found)
 
