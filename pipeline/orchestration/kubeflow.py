@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     pipeline = tfx_pipeline.create_pipeline(
         pipeline_name=args.pipeline_name, pipeline_root=args.pipeline_root, data_dir=args.data_dir,
         serving_root=args.serving_root, model_name=args.model_name, example_gen_config=eg,
-        trainer_preset=args.trainer_preset, blessing=BLESSING, metadata_path=None,
+        trainer_preset=args.trainer_preset, blessing=BLESSING, metadata_connection_config=None,
         # on a cluster the Beam steps should run on a distributed runner, e.g. --runner=DataflowRunner
         beam_pipeline_args=beam_args or None)
     if not args.cache_example_gen:

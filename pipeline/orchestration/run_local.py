@@ -1,8 +1,13 @@
-"""`fatp-pipeline`: run the TFX pipeline locally (LocalDagRunner, ML Metadata in SQLite, caching).
+"""`fatp-pipeline`: run the TFX pipeline locally (LocalDagRunner, ML Metadata, caching).
 
     fatp-pipeline --data_dir DATA --pipeline_root out/pipeline --serving_root out/serving \\
         [--feature_preset small] [--trainer_preset default] [--epochs 30] [--min_lwlrap 0.4] \\
-        [--baseline best|latest] [--gate interval|point] [Beam flags, e.g. --direct_num_workers=2]
+        [--baseline best|latest] [--gate interval|point] [--metadata mysql://USER@HOST[:PORT]/DATABASE] \\
+        [Beam flags, e.g. --direct_num_workers=2]
+
+ML Metadata is PIPELINE_ROOT/metadata.sqlite unless --metadata names another SQLite file or a
+MySQL/MariaDB server a team shares (password in $FATP_METADATA_PASSWORD or
+--metadata_password_file; pipeline.orchestration.metadata_connection).
 
 Components run in order; finished ones are reused from the cache when their inputs and
 parameters are unchanged (a rerun after a crash resumes where it stopped). At the end it prints
@@ -29,6 +34,7 @@ log = logging.getLogger("fatp.pipeline")
 
 def arg_parser() -> argparse.ArgumentParser:
     from pipeline.beam import runners
+    from pipeline.orchestration import metadata_connection
     from pipeline.orchestration import tfx_pipeline
 
     ap = argparse.ArgumentParser(prog="fatp-pipeline", description=__doc__,
@@ -36,12 +42,12 @@ def arg_parser() -> argparse.ArgumentParser:
     ap.add_argument("--data_dir", required=True, help="Kaggle layout root: train_curated.csv, train_curated/, "
                                                       "sample_submission.csv")
     ap.add_argument("--pipeline_root", default="out/pipeline", help="artifacts of every component, and "
-                                                                    "metadata.sqlite (ML Metadata)")
+                                                                    "metadata.sqlite (ML Metadata) by default")
     ap.add_argument("--serving_root", default="out/serving",
                     help="the Pusher writes SERVING_ROOT/MODEL_NAME/<version>/ for TensorFlow Serving")
     ap.add_argument("--pipeline_name", default=tfx_pipeline.PIPELINE_NAME)
     ap.add_argument("--model_name", default=layout.MODEL_NAME)
-    ap.add_argument("--metadata", help="ML Metadata SQLite file (default: PIPELINE_ROOT/metadata.sqlite)")
+    metadata_connection.add_flags(ap)
     ap.add_argument("--feature_preset", choices=sorted(config_lib.PRESETS),
                     help="feature parameters: 'seed' = the Kaggle kernel's (636x128, the default), 'small' = fast demo")
     ap.add_argument("--feature_config", help="a FeatureConfig text proto file merged over --feature_preset")
@@ -90,7 +96,9 @@ def _example_gen_config(args) -> config_lib.AudioExampleGenConfig:
 
 
 def build(args, beam_args: list[str]):
-    """(pipeline, metadata path) from parsed flags; ValueError on a bad config."""
+    """(pipeline, metadata_connection.Store) from parsed flags; ValueError on a bad config,
+    metadata_connection.MetadataError on a store that cannot be used (checked before anything runs)."""
+    from pipeline.orchestration import metadata_connection
     from pipeline.orchestration import tfx_pipeline
 
     local = lambda p: p if "://" in p else os.path.abspath(p)  # noqa: E731 -- MLMD records where data came from
@@ -106,18 +114,18 @@ def build(args, beam_args: list[str]):
     if args.confidence is not None:
         blessing.confidence = args.confidence
     overrides = args.set + (f"\nepochs: {args.epochs}" if args.epochs else "")
-    metadata = args.metadata or os.path.join(args.pipeline_root, "metadata.sqlite")
-    if "://" in metadata:
-        raise ValueError("--metadata must be a local file (SQLite)")
-    os.makedirs(os.path.dirname(os.path.abspath(metadata)), exist_ok=True)
+    store = metadata_connection.from_args(args, os.path.join(args.pipeline_root, "metadata.sqlite"))
+    metadata_connection.check(store, create_database=args.create_metadata_database)
     pipeline = tfx_pipeline.create_pipeline(
         pipeline_name=args.pipeline_name, pipeline_root=local(args.pipeline_root), data_dir=local(args.data_dir),
         serving_root=local(args.serving_root), model_name=args.model_name,
         example_gen_config=_example_gen_config(args), trainer_preset=args.trainer_preset,
         trainer_overrides=overrides, blessing=blessing,
-        serving_config=fileio.read_text(args.serving_config) if args.serving_config else "", metadata_path=os.path.abspath(metadata),
-        beam_pipeline_args=beam_args, enable_cache=not args.no_cache)
-    return pipeline, os.path.abspath(metadata)
+        serving_config=fileio.read_text(args.serving_config) if args.serving_config else "",
+        metadata_connection_config=store.config, beam_pipeline_args=beam_args, enable_cache=not args.no_cache)
+    if not store.is_mysql:
+        os.makedirs(os.path.dirname(store.config.sqlite.filename_uri), exist_ok=True)
+    return pipeline, store
 
 
 class _AtLeast(logging.Filter):
@@ -136,16 +144,21 @@ def _quiet(level: str) -> None:
     (the Trainer's per-epoch lines stay: they are the progress of the long step)."""
     logs.setup(logging.INFO)
     for name in ("absl", "apache_beam", "tensorflow", "tfx", "ml_metadata"):
-        logging.getLogger(name).setLevel(level.upper())
-        logging.getLogger(name).addFilter(_AtLeast(logging.getLevelName(level.upper())))
+        logger = logging.getLogger(name)
+        logger.setLevel(level.upper())
+        for old in [f for f in logger.filters if isinstance(f, _AtLeast)]:   # an earlier run's, in-process
+            logger.removeFilter(old)
+        logger.addFilter(_AtLeast(logging.getLevelName(level.upper())))
 
 
 def run(argv: list[str] | None = None) -> int:
+    from pipeline.orchestration import metadata_connection
+
     args, beam_args = arg_parser().parse_known_args(argv)
     _quiet(args.log_level)
     try:
         pipeline, metadata = build(args, beam_args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, metadata_connection.MetadataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from tfx import v1 as tfx
@@ -158,13 +171,21 @@ def run(argv: list[str] | None = None) -> int:
     from pipeline.orchestration.progress import following
 
     t0, error = time.time(), None
-    try:
-        with following([c.id for c in pipeline.components], logging.getLevelName(args.log_level.upper())):
-            tfx.orchestration.LocalDagRunner().run(pipeline)
-    except Exception as e:  # noqa: BLE001 -- a failed component: report from MLMD, then exit 1
-        error = e
+    # TFX logs the deployment config, connection (and password) included, at INFO
+    with metadata_connection.hidden_in_logs(metadata.config.mysql.password):
+        try:
+            with following([c.id for c in pipeline.components], logging.getLevelName(args.log_level.upper())):
+                tfx.orchestration.LocalDagRunner().run(pipeline)
+        except Exception as e:  # noqa: BLE001 -- a failed component: report from MLMD, then exit 1
+            error = e
     seconds = time.time() - t0
-    store = run_report.open_store(metadata)
+    try:
+        store = run_report.open_store(metadata)
+    except metadata_connection.MetadataError as e:   # e.g. the server went away during the run
+        print(f"error: no report: {e}", file=sys.stderr)
+        if error is not None:
+            print(f"FAILED: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
     run_id = run_report.latest_run_id(store, args.pipeline_name)
     print(f"pipeline {args.pipeline_name}, run {run_id} ({seconds:.0f} s); ML Metadata {metadata}")
     if run_id:

@@ -15,18 +15,19 @@ from dataclasses import dataclass, field
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
+from pipeline.orchestration import metadata_connection
+
 State = metadata_store_pb2.Execution.State
 OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
 INPUT_EVENTS = (metadata_store_pb2.Event.INPUT, metadata_store_pb2.Event.DECLARED_INPUT)
 
 
-def open_store(sqlite_path: str) -> metadata_store.MetadataStore:
-    if not os.path.exists(sqlite_path):
-        raise FileNotFoundError(f"no ML Metadata store at {sqlite_path}")
-    cfg = metadata_store_pb2.ConnectionConfig()
-    cfg.sqlite.filename_uri = sqlite_path
-    cfg.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
-    return metadata_store.MetadataStore(cfg)
+def open_store(store) -> metadata_store.MetadataStore:
+    """The store a run used: a metadata_connection.Store (SQLite or MySQL), or a SQLite file's path.
+    SQLite opens read-only; metadata_connection.MetadataError when it cannot be opened."""
+    if isinstance(store, (str, os.PathLike)):
+        store = metadata_connection.sqlite(os.fspath(store))
+    return metadata_connection.open_store(store, readonly=True)
 
 
 def prop(entity, name: str, default=None):

@@ -38,7 +38,7 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_dir: str, se
                     trainer_preset: str = "default", trainer_overrides: str = "",
                     serving_config: str = "",
                     blessing: config_lib.BlessingConfig | None = None,
-                    metadata_path: str | None = None,
+                    metadata_connection_config=None,
                     beam_pipeline_args: list[str] | None = None,
                     enable_cache: bool = True):
     """The pipeline as a `tfx.dsl.Pipeline`.
@@ -52,8 +52,9 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_dir: str, se
       serving_config: a ServingConfig text proto (the export's request limits; checked here against
         the ExampleGen's feature config).
       blessing: BlessingConfig: the bar, the baseline (BEST or LATEST) and the gate (INTERVAL or POINT).
-      metadata_path: the MLMD SQLite file for local runs (None: no connection config, as for
-        Kubeflow, whose orchestrator brings its own).
+      metadata_connection_config: ML Metadata's ConnectionConfig for local runs, SQLite or MySQL
+        (pipeline.orchestration.metadata_connection; None: none, as for Kubeflow, whose orchestrator
+        brings its own).
       beam_pipeline_args: flags for every Beam component; pipeline.beam.runners.runner_flags() adds the
         runner and local parallelism they leave unset, as for the feature job's command line.
     """
@@ -117,6 +118,5 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_dir: str, se
         pipeline_root=pipeline_root,
         components=components,
         enable_cache=enable_cache,
-        metadata_connection_config=(tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path)
-                                    if metadata_path else None),
+        metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=runners.runner_flags(list(beam_pipeline_args or [])))

@@ -1,13 +1,16 @@
 """The TFX pipeline end to end through `fatp-pipeline` (LocalDagRunner, ML Metadata in SQLite,
 caching), on generated data with the small presets: a run that blesses and pushes, a cached
 rerun, a run that is refused and pushes nothing, changed data, a run killed during training and
-resumed, lineage, bad input; and the same pipeline compiled for Kubeflow V2.
+resumed, lineage, bad input; two machines' runs sharing one ML Metadata store on a MariaDB
+server; and the same pipeline compiled for Kubeflow V2.
 
 The runs of one pipeline root build on each other (cache, baseline), so they are module fixtures
 that run in order: first -> again (the model meets itself as baseline) -> cached -> refused ->
 changed data.
 """
+import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -15,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -40,10 +44,13 @@ def _flags(root, data, **over) -> list[str]:
     return [x for k, v in opts.items() for x in (f"--{k}", str(v))]
 
 
-def _pipeline(capsys, root, data, **over):
-    rc = local_runner.run(_flags(root, data, **over))
+def _pipeline(capsys, root, data, *switches, metadata_store=None, **over):
+    """Run fatp-pipeline; (rc, out, err, MLMD store, {component: ComponentRun} of the latest run).
+    switches: flags without a value; metadata_store: a metadata_connection.Store (default: the
+    root's SQLite)."""
+    rc = local_runner.run(_flags(root, data, **over) + list(switches))
     out, err = capsys.readouterr()
-    store = run_report.open_store(str(root / "pipeline" / "metadata.sqlite"))
+    store = run_report.open_store(metadata_store or str(root / "pipeline" / "metadata.sqlite"))
     run_id = run_report.latest_run_id(store, NAME)
     runs = {r.component: r for r in run_report.component_runs(store, NAME, run_id)} if run_id else {}
     return rc, out, err, store, runs
@@ -368,3 +375,70 @@ def test_a_serving_config_the_model_would_refuse_stops_the_run_before_it_starts(
     assert rc == 2
     assert "error: invalid ServingConfig for this model: its longest warm-up clip lasts 5 s" in capsys.readouterr().err
     assert not (tmp_path / "pipeline" / "metadata.sqlite").exists()
+
+
+@pytest.fixture(scope="module")
+def team(tmp_path_factory, mariadb):
+    """Two machines of a team: pipeline roots alice/ and bob/, the data and the serving root on
+    storage both see, ML Metadata in one MariaDB database (created by the first run, as asked).
+    Bob runs at --log_level INFO (TFX then logs its deployment config, connection included)."""
+    from pipeline.orchestration import metadata_connection
+
+    shared = tmp_path_factory.mktemp("team")
+    demo_data.generate(str(shared / "data"), train=40, test=4, seed=3, broken=True)
+    uri = mariadb.uri("fatp_team")
+    logged = io.StringIO()
+    handler = logging.StreamHandler(logged)
+    handler.setLevel(logging.INFO)
+    results = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("TF_CONFIG", raising=False)
+        mp.setenv(metadata_connection.PASSWORD_ENV, mariadb.password)
+        store = metadata_connection.from_flags(uri, "")
+        common = dict(serving_root=shared / "serving", metadata=uri, min_lwlrap=0, metadata_store=store)
+        logging.getLogger().addHandler(handler)
+        try:
+            with _Capture() as cap:
+                results["alice"] = _pipeline(cap, shared / "alice", shared / "data", "--create_metadata_database",
+                                             **common)
+                results["bob"] = _pipeline(cap, shared / "bob", shared / "data", log_level="INFO", **common)
+        finally:
+            logging.getLogger().removeHandler(handler)
+    return SimpleNamespace(shared=shared, uri=uri, server=mariadb.server, password=mariadb.password,
+                           logs=logged.getvalue(), **results)
+
+
+def test_two_machines_share_one_mysql_store_the_second_caches_and_meets_the_first_blessing(team):
+    rc, out, err, _, alice = team.alice
+    assert rc == 0, err[-3000:]
+    assert {r.state for r in alice.values()} == {"COMPLETE"}, {c: r.state for c, r in alice.items()}
+    assert f"ML Metadata {team.uri}" in out and "BLESSED" in out
+    rc, out, err, store, bob = team.bob
+    assert rc == 0, err[-3000:]
+    # bob's unchanged components are alice's executions' results: her artifacts, in her pipeline root
+    for upstream, key in (("AudioExampleGen", "examples"), ("StatisticsGen", "statistics"), ("SchemaGen", "schema"),
+                          ("ExampleValidator", "anomalies"), ("Trainer", "model")):
+        assert bob[upstream].state == "CACHED", (upstream, bob[upstream].state)
+        assert [a.id for a in bob[upstream].outputs[key]] == [a.id for a in alice[upstream].outputs[key]]
+        assert bob[upstream].outputs[key][0].uri.startswith(str(team.shared / "alice")), upstream
+    # the baseline resolver found alice's blessed model in the shared store
+    assert [m.id for m in bob["Evaluator"].inputs["baseline_model"]] == [alice["Trainer"].outputs["model"][0].id]
+    assert "baseline none" not in out and "BLESSED" in out and "already serving" in out
+    pushed = bob["Pusher"].outputs["pushed_model"][0]
+    assert run_report.prop(pushed, "reused_version") == 1
+    assert len(os.listdir(team.shared / "serving" / "fat_tagger")) == 1
+    # the report was read from the store the run used, and no root grew a SQLite store of its own
+    assert f"ML Metadata {team.uri}" in out
+    assert not list(team.shared.glob("*/pipeline/metadata.sqlite"))
+
+
+def test_the_password_is_in_no_output_log_file_or_metadata_row(team):
+    texts = [t for run in (team.alice, team.bob) for t in run[1:3]] + [team.logs]
+    for text in texts:
+        assert team.password not in text
+    assert "Using deployment config" in team.logs and "********" in team.logs   # TFX's INFO line, blanked
+    for path in team.shared.rglob("*"):
+        if path.is_file():
+            assert team.password.encode() not in path.read_bytes(), path
+    dump = team.server.dump("fatp_team")
+    assert "MLMDEnv" in dump and team.password not in dump
