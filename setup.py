@@ -102,6 +102,7 @@ setup(
             "fatp-demo-data=pipeline.data.demo_data:main",
             "fatp-train=pipeline.training.train:main",
             "fatp-predict=pipeline.serving.predict:main",
+            "fatp-batch-predict=pipeline.serving.batch_predict:main",
             "fatp-pipeline=pipeline.orchestration.run_local:main",
             "fatp-kubeflow=pipeline.orchestration.kubeflow:main",
         ],
