@@ -7,7 +7,7 @@ DEMO_PIPELINE ?= out/pipeline
 DEMO_SERVING  ?= out/serving
 PYTEST_ARGS ?=
 
-.PHONY: env demo demo-job test test-fast smoke-root bench shell protos clean
+.PHONY: env demo demo-job demo-tag test test-fast smoke-root bench shell protos clean
 
 env:            ## create or update the environment
 	$(INENV) python -c "import tensorflow, tfx, apache_beam; print('environment ready:', '$$($(INENV) --which)')"
@@ -17,13 +17,18 @@ $(DEMO_DATA)/train_curated.csv:
 
 demo: $(DEMO_DATA)/train_curated.csv   ## generate the synthetic FAT2019-layout data and run the TFX pipeline on it
 	# the demo data holds 9 deliberately bad rows/clips (3.6%), counted in the report and the Examples' dead_letters.jsonl;
-	# a second `make demo` is served from the cache (MLMD in $(DEMO_PIPELINE)/metadata.sqlite)
+	# a second `make demo` is served from the cache (MLMD in $(DEMO_PIPELINE)/metadata.sqlite);
+	# it ends with the blessed model's submission for the demo's test clips (the report's SubmissionWriter line)
 	$(INENV) fatp-pipeline --data_dir $(DEMO_DATA) --pipeline_root $(DEMO_PIPELINE) --serving_root $(DEMO_SERVING) \
 	    --feature_preset small --epochs 30
 
 demo-job: $(DEMO_DATA)/train_curated.csv   ## the Beam feature job alone on the demo data
 	$(INENV) python beam_runner.py --runner=DirectRunner --data_dir $(DEMO_DATA) --output_dir $(DEMO_OUT) \
 	    --preset small --overwrite
+
+demo-tag:       ## batch prediction on Beam: the demo's test clips tagged by the newest pushed model (after `make demo`)
+	$(INENV) python -m pipeline.serving.batch_predict --model $(DEMO_SERVING)/fat_tagger --data_dir $(DEMO_DATA) \
+	    --output_dir out/tagged --overwrite --runner=DirectRunner
 
 test:           ## the whole test suite
 	$(INENV) pytest -q $(PYTEST_ARGS)

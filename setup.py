@@ -103,6 +103,7 @@ setup(
             # through pipeline.logs: TensorFlow's start-up noise filtered before anything imports it
             "fatp-train=pipeline.logs:train",
             "fatp-predict=pipeline.logs:predict",
+            "fatp-batch-predict=pipeline.logs:batch_predict",
             "fatp-pipeline=pipeline.logs:run_pipeline",
             "fatp-kubeflow=pipeline.logs:kubeflow",
         ],

@@ -115,5 +115,6 @@ def command(target: str):
 # console scripts (setup.py)
 train = command("pipeline.training.train:main")
 predict = command("pipeline.serving.predict:main")
+batch_predict = command("pipeline.serving.batch_predict:main")
 run_pipeline = command("pipeline.orchestration.run_local:main")
 kubeflow = command("pipeline.orchestration.kubeflow:main")

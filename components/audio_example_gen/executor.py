@@ -4,6 +4,7 @@ turns its manifest into a standard TFX `Examples` artifact.
     EXAMPLES_URI/Split-train/data-*.tfrecord.gz   only TFRecord files (tfx-bsl picks GZIP by the
     EXAMPLES_URI/Split-eval/data-*.tfrecord.gz    .gz suffix; the Trainer globs Split-x/*)
     EXAMPLES_URI/manifest.json, labels.txt, dead_letters.jsonl   beside the splits, never inside
+    (config mode TEST: one split, EXAMPLES_URI/Split-test/, of the unlabelled clips, for BulkInferrer)
 
 The artifact carries what ExampleGen sets (split_names, payload_format FORMAT_TF_EXAMPLE,
 file_format tfrecords_gzip, input_fingerprint) and the job's counts (input_rows, written,
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 EXAMPLES = "examples"
 SPLIT_PREFIX = "Split-"          # TFX's split folder naming (artifact_utils.get_split_uri)
 SPLITS = ("train", "eval")
+TEST_SPLITS = ("test",)         # mode TEST: unlabelled clips (sample_submission.csv, test/) for BulkInferrer
 FILE_FORMAT = "tfrecords_gzip"
 
 
@@ -69,7 +71,10 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         data_dir = exec_properties[inputs.DATA_DIR]
         paths = inputs.resolve(data_dir, cfg)
         examples = artifact_utils.get_single_instance(output_dict[EXAMPLES])
+        test = cfg.mode == config_lib.AudioExampleGenConfig.TEST
+        splits = TEST_SPLITS if test else SPLITS
         spec = job.make_spec(output_dir=examples.uri, cfg=cfg.features, csv=paths.csv, audio_dir=paths.audio_dir,
+                             mode="test" if test else "train",
                              labels=paths.labels, eval_ratio=cfg.eval_ratio, max_error_ratio=cfg.max_error_ratio,
                              batch_size=cfg.batch_size, compression=_deflate(cfg), split_prefix=SPLIT_PREFIX,
                              inputs={"data_dir": data_dir,
@@ -87,12 +92,13 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         if manifest["status"] != output.STATUS_COMPLETE:
             raise ExampleGenError(f"the feature job failed: {manifest['status_reason']} (dead letters by reason: "
                                   f"{counts['failed_by_reason']}); report kept in {_keep_report(examples.uri)}")
-        empty = [s for s in SPLITS if not counts["per_split"].get(s)]
+        empty = [s for s in splits if not counts["per_split"].get(s)]
         if empty:
-            raise ExampleGenError(f"split(s) {empty} got no examples ({counts['written']} written, eval_ratio "
-                                  f"{cfg.eval_ratio}); the Trainer and Evaluator need both train and eval; "
+            why = ("no test clip could be read" if test else
+                   f"eval_ratio {cfg.eval_ratio}; the Trainer and Evaluator need both train and eval")
+            raise ExampleGenError(f"split(s) {empty} got no examples ({counts['written']} written, {why}); "
                                   f"report kept in {_keep_report(examples.uri)}")
-        examples.split_names = artifact_utils.encode_split_names(list(SPLITS))
+        examples.split_names = artifact_utils.encode_split_names(list(splits))
         examples_utils.set_payload_format(examples, example_gen_pb2.PayloadFormat.FORMAT_TF_EXAMPLE)
         examples_utils.set_file_format(examples, FILE_FORMAT)
         for key, value in (("input_rows", counts["input_rows"]), ("written", counts["written"]),

@@ -15,7 +15,10 @@ job on other runners"):
    upstream once per side input;
 5. `Reshuffle` is a no-op, so a pipeline that fans out from one element (this job's CSV path)
    runs in a single task on a single worker;
-6. every partition runs the DoFn's `setup` and `teardown` again (TensorFlow tracing, here).
+6. every partition runs the DoFn's `setup` and `teardown` again (TensorFlow tracing, here);
+7. Beam's `Read` (every standard source: `ReadFromTFRecord`, `ReadFromText`, tfx-bsl's TFXIO, so
+   TFX's BulkInferrer and Evaluator) is replaced by a transform nothing translates: the pipeline
+   fails in the driver (`'PBegin' object has no attribute 'windowing'`).
 
 None of these can be avoided from inside the job without giving up tagged dead letters, bundle
 files and side inputs, so this module keeps Beam's DaskRunner (its options, its overrides of
@@ -30,10 +33,15 @@ Create/GroupByKey/Flatten/Reshuffle) and replaces its translation:
   upstream work runs once;
 - `Reshuffle` materializes its input on the cluster, counts it, and splits it into partitions of
   `--dask_partition_size` elements (default: up to 64, at least 4 partitions per worker thread),
-  or into `--dask_npartitions` partitions.
+  or into `--dask_npartitions` partitions;
+- `Read` of a bounded source is split in the driver (`source.split`, into bundles of about
+  size / (4 x worker threads), at least 1 MiB; a compressed file is one bundle) and each bundle is
+  read on a worker, one bundle per partition, as Beam's own runners read it (its range tracker);
+  `Impulse` is one partition holding one empty bytes element.
 
-Limits, as Beam's: bounded pipelines in the global window only (anything else is refused, not
-run wrongly); Beam metrics are not collected (`result.metrics()` raises). A run starts its own
+Limits, as Beam's: bounded pipelines in the global window only (anything else, an unbounded source
+among them, is refused, not run wrongly); a bundle of a source is read whole into its partition
+(a dask partition is a list), so one unsplittable file must fit in a worker's memory; Beam metrics are not collected (`result.metrics()` raises). A run starts its own
 `distributed.LocalCluster` with `--dask_local_workers N` (N processes, one thread each), or when
 neither `--dask_client_address` nor `--dask_scheduler_file` is given (one worker per usable core).
 """
@@ -48,8 +56,9 @@ from dataclasses import dataclass
 import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.internal import pickler
+from apache_beam.io.iobase import BoundedSource
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.pipeline import PipelineVisitor
+from apache_beam.pipeline import PipelineVisitor, PTransformOverride
 from apache_beam.runners.common import DoFnRunner, Receiver
 from apache_beam.runners.dask import dask_runner as beam_dask
 from apache_beam.runners.dask import overrides as beam_overrides
@@ -190,8 +199,49 @@ def _length(partition) -> list:
     return [len(list(partition))]
 
 
+def _read_bundles(bundles) -> list:
+    """The elements of a partition of source bundles, each read over its own range."""
+    out = []
+    for b in bundles:
+        out.extend(b.source.read(b.source.get_range_tracker(b.start_position, b.stop_position)))
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # in the driver
+
+
+class _ReadBounded(beam.PTransform):
+    """What `beam.io.Read` of a bounded source becomes here: a primitive the translator splits and reads."""
+
+    def __init__(self, source):
+        super().__init__()
+        self.source = source
+
+    def expand(self, pbegin):
+        return pvalue.PCollection(pbegin.pipeline, is_bounded=True)
+
+    def get_windowing(self, inputs):
+        return beam.Windowing(window.GlobalWindows())
+
+
+class _ReadOverride(PTransformOverride):
+    def matches(self, applied_ptransform) -> bool:
+        t = applied_ptransform.transform
+        return type(t) is beam.io.Read and isinstance(t.source, BoundedSource)
+
+    def get_replacement_transform_for_applied_ptransform(self, applied_ptransform):
+        return _ReadBounded(applied_ptransform.transform.source)
+
+
+def overrides() -> list:
+    """Beam's DaskRunner overrides (Create, Reshuffle, GroupByKey, Flatten), with `Read` of a bounded
+    source replaced by _ReadBounded (Beam's replacement has no translation and no windowing); a
+    Read of anything else expands as in Beam (a PTransform source is applied; an unbounded one is refused)."""
+    return [_ReadOverride() if type(o).__name__ == "ReadOverride" else o for o in beam_overrides.dask_overrides()]
+
+
+MIN_BUNDLE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -226,6 +276,9 @@ class _Translator(PipelineVisitor):
         self.consumed.update(si.pvalue for si in node.side_inputs)
         outputs = {tag: pc for tag, pc in node.outputs.items() if isinstance(pc, pvalue.PCollection)}
         for pc in outputs.values():
+            if not pc.is_bounded:
+                raise NotImplementedError(f"DaskRunner: {node.full_label} is unbounded; only bounded (batch) "
+                                          "pipelines are supported")
             if not isinstance(pc.windowing.windowfn, window.GlobalWindows):
                 raise NotImplementedError(f"DaskRunner: {node.full_label} is not in the global window; "
                                           "only globally windowed batch pipelines are supported")
@@ -234,6 +287,10 @@ class _Translator(PipelineVisitor):
             n = max(1, len(values))
             parts = self.npartitions or math.ceil(n / (self.partition_size or MAX_RESHUFFLE_PARTITION))
             bag = db.from_sequence(values, npartitions=max(1, min(n, parts)))
+        elif isinstance(t, _ReadBounded):
+            bag = self._read(t.source, node.full_label)
+        elif isinstance(t, beam.Impulse):
+            bag = db.from_sequence([b""], npartitions=1)
         elif isinstance(t, beam_overrides._Reshuffle):
             bag = self._reshuffle(inputs[0])
         elif isinstance(t, beam_overrides._GroupByKeyOnly):
@@ -268,6 +325,18 @@ class _Translator(PipelineVisitor):
         tagged = self.bags[main_input].map_partitions(_run_bundle, spec, *sides)
         for tag, pc in outputs.items():
             self._add(pc, tagged.map_partitions(_select, tag), tagged=(tagged, tag))
+
+    def _read(self, source, label: str):
+        """A bounded source split into bundles in the driver, one partition per bundle, read on the workers."""
+        import dask.bag as db
+
+        size = source.estimate_size() or 0
+        desired = max(MIN_BUNDLE_BYTES, size // (PARTITIONS_PER_THREAD * self._threads()))
+        bundles = list(source.split(desired))
+        log.info("%s: %d bytes in %d bundles", label, size, len(bundles))
+        if not bundles:
+            return db.from_sequence([], npartitions=1)
+        return db.from_sequence(bundles, npartitions=len(bundles)).map_partitions(_read_bundles)
 
     def _reshuffle(self, pc):
         """Materialize `pc` (its whole ParDo, so its sibling outputs are not recomputed), count it and
@@ -393,7 +462,7 @@ class DaskRunner(beam_dask.DaskRunner):
         client = distributed.Client(**dask_options, set_as_default=False)
         run_id = uuid.uuid4().hex
         try:
-            pipeline.replace_all(beam_overrides.dask_overrides())
+            pipeline.replace_all(overrides())
             translator = _Translator(client, run_id, bag_kwargs.get("npartitions"), bag_kwargs.get("partition_size"))
             pipeline.visit(translator)
             futures = client.compute([bag.count() for bag in translator.sinks()])

@@ -92,18 +92,20 @@ def read_manifest(directory: str) -> dict | None:
     return json.loads(fileio.read_bytes(path).decode("utf-8"))
 
 
-def prepare(directory: str, overwrite: bool, inputs: list[str] = ()) -> None:
+def prepare(directory: str, overwrite: bool, inputs: list[str] = (), is_ours=None) -> None:
     """Make `directory` ready for a new run, or refuse with the reason and the way out.
 
     Refused: an output that contains or lies inside one of `inputs`; a folder that cannot be
     listed; a symbolic link inside it; without `overwrite`, any file; with it, any file a run of
-    this job does not write (overwrite deletes only the job's own files, never a stranger's)."""
+    this job does not write (overwrite deletes only the job's own files, never a stranger's).
+    `is_ours(relative path)` says which files those are (default: the feature job's, is_job_file)."""
     check_separate(directory, list(inputs))
     refuse_links(directory)
     files = list_files(directory)
     if not files:
         return
-    foreign = [_relative(directory, f) for f in files if not is_job_file(_relative(directory, f))]
+    is_ours = is_ours or is_job_file
+    foreign = [_relative(directory, f) for f in files if not is_ours(_relative(directory, f))]
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         raise OutputError(f"{directory} holds {len(foreign)} files this job did not write ({shown}); "

@@ -162,7 +162,7 @@ def describe(run: ComponentRun) -> str:
     """One line of figures for a component run (empty when there is nothing to say)."""
     first = lambda key: (run.outputs.get(key) or run.inputs.get(key) or [None])[0]  # noqa: E731
     try:
-        if run.component == "AudioExampleGen" and first("examples") is not None:
+        if run.component in ("AudioExampleGen", "TestExampleGen") and first("examples") is not None:
             ex = first("examples")
             reasons = json.loads(prop(ex, "failed_by_reason", "{}") or "{}")
             detail = ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) or "none"
@@ -186,6 +186,13 @@ def describe(run: ComponentRun) -> str:
             if prop(pm, "pushed") == 1:
                 return f"pushed {prop(pm, 'pushed_destination')}"
             return "not pushed (model not blessed)"
+        if run.component == "SubmissionWriter" and first("submission") is not None:
+            sub = first("submission")
+            if prop(sub, "written") == 1:
+                missing = prop(sub, "missing", 0)
+                return (f"submission {prop(sub, 'path')} ({prop(sub, 'rows')} rows, {prop(sub, 'scored')} scored"
+                        f"{f', {missing} missing (zeros)' if missing else ''})")
+            return f"no submission ({prop(sub, 'reason', 'not written')})"
     except (OSError, ValueError, KeyError) as e:   # a report must not hide the run's outcome
         return f"(figures unavailable: {e})"
     return ""

@@ -9,6 +9,9 @@
          baseline with other labels is none; blesses on the BlessingConfig's bar and gate
       -> Pusher (only a blessed model, and not one already served whole; components/serving_pusher)
          -> SERVING_ROOT/<model_name>/<version>/   (copied aside and renamed in; version above the newest)
+    when DATA holds test/ and sample_submission.csv:
+    TestExampleGen (the same component, mode TEST) -> BulkInferrer (the Model, only if blessed)
+      -> SubmissionWriter (components/submission_writer: PIPELINE_ROOT/SubmissionWriter/submission/<id>/submission.csv)
 
 Every argument is explicit (no module-level settings), as in TFX's templates, so tests, the local
 runner and a Kubeflow compile build the same graph from their own values.
@@ -29,7 +32,42 @@ RUN_FN = "pipeline.training.train.run_fn"
 # the seed's features) would cost most of the statistics' time and say little a schema can check.
 STATS_FEATURES = (examples_lib.LABELS, examples_lib.MEL_SHAPE, examples_lib.SOURCE_SECONDS)
 COMPONENT_IDS = ("AudioExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Trainer",
-                 "latest_blessed_model_resolver", "Evaluator", "Pusher")
+                 "latest_blessed_model_resolver", "Evaluator", "Pusher", "TestExampleGen", "BulkInferrer",
+                 "SubmissionWriter")
+SAMPLE_SUBMISSION, TEST_AUDIO = "sample_submission.csv", "test"
+
+
+def has_test_data(data_dir: str) -> bool:
+    """Whether the data folder holds a Kaggle test set (test/ and sample_submission.csv); False
+    where it cannot be checked from here (an object store without credentials)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        return all(FileSystems.exists(os.path.join(data_dir, p)) for p in (TEST_AUDIO, SAMPLE_SUBMISSION))
+    except Exception:  # noqa: BLE001 -- Beam wraps every filesystem error
+        return False
+
+
+def _test_components(data_dir, example_gen_config, trainer, evaluator) -> list:
+    """TestExampleGen -> BulkInferrer (blessed models only, serving_default) -> SubmissionWriter."""
+    from tfx import v1 as tfx
+
+    from components.audio_example_gen import AudioExampleGen
+    from components.submission_writer import SubmissionWriter
+
+    cfg = type(example_gen_config)()
+    cfg.CopyFrom(example_gen_config)
+    cfg.mode, cfg.csv, cfg.audio_dir = cfg.TEST, SAMPLE_SUBMISSION, TEST_AUDIO
+    test_gen = AudioExampleGen(data_dir=data_dir, config=cfg).with_id("TestExampleGen")
+    inferrer = tfx.components.BulkInferrer(
+        examples=test_gen.outputs["examples"], model=trainer.outputs["model"],
+        model_blessing=evaluator.outputs["blessing"],
+        data_spec=tfx.proto.DataSpec(example_splits=["test"]),
+        model_spec=tfx.proto.ModelSpec(model_signature_name=[layout.SERVING_DEFAULT]))
+    writer = SubmissionWriter(inference_result=inferrer.outputs["inference_result"],
+                              model_blessing=evaluator.outputs["blessing"],
+                              sample_submission=os.path.join(data_dir, SAMPLE_SUBMISSION))
+    return [test_gen, inferrer, writer]
 
 
 def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_dir: str, serving_root: str,
@@ -40,7 +78,8 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_dir: str, se
                     blessing: config_lib.BlessingConfig | None = None,
                     metadata_connection_config=None,
                     beam_pipeline_args: list[str] | None = None,
-                    enable_cache: bool = True):
+                    enable_cache: bool = True,
+                    test_data: bool | None = None):
     """The pipeline as a `tfx.dsl.Pipeline`.
 
     Args:
@@ -57,6 +96,7 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_dir: str, se
         brings its own).
       beam_pipeline_args: flags for every Beam component; pipeline.beam.runners.runner_flags() adds the
         runner and local parallelism they leave unset, as for the feature job's command line.
+      test_data: add TestExampleGen -> BulkInferrer -> SubmissionWriter (None: when has_test_data(data_dir)).
     """
     from tfx import v1 as tfx
     import tensorflow_data_validation as tfdv
@@ -113,6 +153,9 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_dir: str, se
         push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
             base_directory=os.path.join(serving_root, model_name))))
     components = [example_gen, statistics_gen, schema_gen, example_validator, trainer, baseline, evaluator, pusher]
+    if has_test_data(data_dir) if test_data is None else test_data:
+        components += _test_components(data_dir, example_gen_config or config_lib.example_gen_config(), trainer,
+                                       evaluator)
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,

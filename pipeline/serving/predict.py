@@ -69,6 +69,27 @@ def submission_rows(sample_submission: str) -> list[str]:
     return [r.fname for r in rows]
 
 
+def model_features(model_dir: str):
+    """The FeatureConfig the model was trained on (assets/feature_config.pbtxt), or None for a model
+    exported without it."""
+    path = os.path.join(model_dir, layout.FEATURES_ASSET)
+    return config_lib.from_text(fileio.read_text(path)) if os.path.exists(path) else None
+
+
+def check_features(model_dir: str, theirs, what: str) -> None:
+    """Refuse features `theirs` (a FeatureConfig) that are not the model's; `limits` (input checks,
+    not features) may differ. `what` names where they come from, for the message."""
+    ours = model_features(model_dir)
+    if ours is None:
+        return
+    theirs = type(theirs).FromString(theirs.SerializeToString())
+    ours.ClearField("limits"), theirs.ClearField("limits")
+    if ours != theirs:
+        raise ValueError(f"{what} was made with other features than the model's "
+                         f"({os.path.join(model_dir, layout.FEATURES_ASSET)}): {config_lib.to_text(theirs)!r} "
+                         f"vs model {config_lib.to_text(ours)!r}")
+
+
 def score_examples(model_dir: str, files: list[str], batch_size: int = 64) -> tuple[list[str], np.ndarray, list[str]]:
     """(fnames, scores [n, labels], model label order) for every example in `files`."""
     import tensorflow as tf
@@ -101,7 +122,7 @@ def write_submission(path: str, order: list[str], columns: list[str], by_fname: 
     fileio.write_text(path, buf.getvalue())
 
 
-def _finish(order: list[str], columns: list[str], model_labels: list[str], by_fname: dict, out_path: str,
+def finish_submission(order: list[str], columns: list[str], model_labels: list[str], by_fname: dict, out_path: str,
             allow_missing: bool, source: str, why_missing: str) -> dict:
     """Reorder columns by label name, check for missing clips, write the CSV; the summary."""
     if sorted(columns) != sorted(model_labels):
@@ -126,18 +147,11 @@ def _finish(order: list[str], columns: list[str], model_labels: list[str], by_fn
 def predict(model: str, examples_dir: str, sample_submission: str, out_path: str, allow_missing: bool) -> dict:
     model_dir = resolve_version(model)
     manifest = output.require_complete(examples_dir)
-    model_features = os.path.join(model_dir, layout.FEATURES_ASSET)
-    if os.path.exists(model_features):
-        ours = config_lib.from_text(fileio.read_text(model_features))
-        theirs = config_lib.from_text(manifest["feature_config_text"])
-        ours.ClearField("limits"), theirs.ClearField("limits")     # input checks, not features
-        if ours != theirs:
-            raise ValueError(f"{examples_dir} was made with other features than the model's ({model_features}): "
-                             f"examples {config_lib.to_text(theirs)!r} vs model {config_lib.to_text(ours)!r}")
+    check_features(model_dir, config_lib.from_text(manifest["feature_config_text"]), examples_dir)
     files, _ = dataset.split_files(examples_dir, "test", manifest)
     fnames, scores, model_labels = score_examples(model_dir, files)
     order = submission_rows(sample_submission)
-    return _finish(order, kaggle_layout.load_vocabulary(sample_submission), model_labels, dict(zip(fnames, scores)),
+    return finish_submission(order, kaggle_layout.load_vocabulary(sample_submission), model_labels, dict(zip(fnames, scores)),
                    out_path, allow_missing, model_dir, "see the Beam job's dead_letters.jsonl")
 
 
@@ -279,7 +293,7 @@ def predict_server(client, audio_paths: list[str], sample_submission: str | None
         log.warning("%d files could not be scored; see %s", len(errors), report)
     if model_labels is None:
         raise ValueError(f"no clip could be scored; see {report}")
-    return _finish(order, columns or model_labels, model_labels, by_fname, out_path, allow_missing,
+    return finish_submission(order, columns or model_labels, model_labels, by_fname, out_path, allow_missing,
                    f"{client.address} ({client.model})", f"see {report}")
 
 

@@ -32,6 +32,7 @@ pytestmark = pytest.mark.slow
 
 from tests import REPO
 NAME = "fat-test"
+TEST_COMPONENTS = ("TestExampleGen", "BulkInferrer", "SubmissionWriter")   # the data folder holds test/
 
 
 def _flags(root, data, **over) -> list[str]:
@@ -126,7 +127,7 @@ def test_first_run_blesses_and_pushes_a_model_that_scores(root, first):
     rc, out, err, store, runs = first
     assert rc == 0, err[-3000:]
     assert set(runs) == {"AudioExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Trainer",
-                         "latest_blessed_model_resolver", "Evaluator", "Pusher"}
+                         "latest_blessed_model_resolver", "Evaluator", "Pusher", *TEST_COMPONENTS}
     assert all(r.state == "COMPLETE" for r in runs.values()), {c: r.state for c, r in runs.items()}
     blessing = runs["Evaluator"].outputs["blessing"][0]
     assert run_report.prop(blessing, "blessed") == 1
@@ -168,6 +169,39 @@ def test_first_run_blesses_and_pushes_a_model_that_scores(root, first):
     assert abs(evaluated["candidate"] - lwlrap(truth, pushed_scores)) < 1e-5
 
 
+def test_first_run_ends_with_the_blessed_models_submission(root, first):
+    """TestExampleGen (test/, sample_submission.csv) -> BulkInferrer (the Trainer's model with the
+    Evaluator's blessing) -> SubmissionWriter: submission.csv in the sample's rows and columns,
+    each row the model's serving_default scores of that clip, and the report names its path."""
+    import csv
+
+    import tensorflow as tf
+
+    rc, out, err, _, runs = first
+    assert rc == 0, err[-3000:]
+    assert [a.id for a in runs["BulkInferrer"].inputs["model_blessing"]] == [
+        runs["Evaluator"].outputs["blessing"][0].id]
+    submission = runs["SubmissionWriter"].outputs["submission"][0]
+    path = os.path.join(submission.uri, "submission.csv")
+    assert run_report.prop(submission, "written") == 1 and run_report.prop(submission, "path") == path
+    assert f"submission {path} (4 rows, 4 scored)" in out
+    with open(path, newline="") as f:
+        header, *rows = list(csv.reader(f))
+    with open(root / "data" / "sample_submission.csv", newline="") as f:
+        want_header, *want_rows = list(csv.reader(f))
+    assert header == want_header and [r[0] for r in rows] == [r[0] for r in want_rows]
+    test_dir = os.path.join(runs["TestExampleGen"].outputs["examples"][0].uri, "Split-test")
+    batch = [r.numpy() for f in sorted(os.listdir(test_dir))
+             for r in tf.data.TFRecordDataset(os.path.join(test_dir, f), compression_type="GZIP")]
+    model_dir = os.path.join(runs["Trainer"].outputs["model"][0].uri, "Format-Serving")
+    out_ = tf.saved_model.load(model_dir).signatures["serving_default"](examples=tf.constant(batch))
+    labels = [x.decode() for x in out_["labels"].numpy()[0]]
+    fnames = [tf.train.Example.FromString(x).features.feature["fname"].bytes_list.value[0].decode() for x in batch]
+    want = dict(zip(fnames, out_["scores"].numpy()[:, [labels.index(c) for c in header[1:]]]))
+    for r in rows:
+        np.testing.assert_allclose(np.array(r[1:], float), want[r[0]], rtol=0, atol=1e-5)
+
+
 def test_first_rerun_meets_its_own_blessing_as_baseline_and_pushes_nothing_new(root, first, again):
     """TFX semantics: after the first blessing, LatestBlessedModelStrategy hands the Evaluator a
     baseline it did not have, so the Evaluator (and Pusher) run again; the Pusher sees that model
@@ -194,7 +228,7 @@ def test_rerun_with_unchanged_inputs_is_served_from_the_cache(root, cached):
     assert rc == 0, err[-3000:]
     states = {c: r.state for c, r in runs.items() if c != "latest_blessed_model_resolver"}
     assert set(states) == {"AudioExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Trainer",
-                           "Evaluator", "Pusher"}
+                           "Evaluator", "Pusher", *TEST_COMPONENTS}
     assert set(states.values()) == {"CACHED"}, states
     assert _tree(root / "serving") == serving_before
 
@@ -214,6 +248,10 @@ def test_a_model_under_the_bar_is_not_blessed_and_not_pushed(root, first, refuse
     assert os.path.exists(os.path.join(blessing.uri, "NOT_BLESSED"))
     assert run_report.prop(runs["Pusher"].outputs["pushed_model"][0], "pushed") == 0
     assert "NOT BLESSED: lwlrap " in out and " is below min_lwlrap 1.01" in out and "not pushed" in out
+    # BulkInferrer predicts nothing with a model that is not blessed, and no submission is written
+    submission = runs["SubmissionWriter"].outputs["submission"][0]
+    assert run_report.prop(submission, "written") == 0 and not os.path.exists(submission.uri + "/submission.csv")
+    assert "no submission (model not blessed" in out
     assert _tree(root / "serving") == serving_before
 
 

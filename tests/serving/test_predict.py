@@ -14,16 +14,6 @@ from pipeline.serving import predict
 from pipeline.data import tfrecord
 
 
-@pytest.fixture(scope="module")
-def test_examples(train_examples, tmp_path_factory):
-    """The fixture data's unlabelled test clips through the Beam job in test mode."""
-    out = tmp_path_factory.mktemp("test_examples") / "out"
-    rc = cli.run(["--mode", "test", "--data_dir", str(train_examples.data), "--output_dir", str(out),
-                  "--preset", "small", "--log_level", "WARNING"])
-    assert rc == 0
-    return out
-
-
 def read_csv(path):
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
