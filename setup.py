@@ -106,6 +106,7 @@ setup(
             "fatp-batch-predict=pipeline.logs:batch_predict",
             "fatp-pipeline=pipeline.logs:run_pipeline",
             "fatp-kubeflow=pipeline.logs:kubeflow",
+            "fatp-report=pipeline.logs:report",
         ],
     },
 )

@@ -253,3 +253,22 @@ def evaluation_metrics(evaluation_uri: str) -> dict:
             "examples": None if count is None else int(count),
             "candidate_ci": pair("candidate", CI_LOW, CI_HIGH), "baseline_ci": pair("baseline", CI_LOW, CI_HIGH),
             "diff": got.get(("candidate", DIFF)), "diff_ci": pair("candidate", DIFF_LOW, DIFF_HIGH)}
+
+
+def per_class_metrics(evaluation_uri: str) -> dict:
+    """Per-class lwlrap of a TFMA evaluation written with eval_config(): {"candidate": {class index:
+    lwlrap}, "baseline": {...} (empty without a baseline)}. Classes without a positive in the eval
+    split have no value."""
+    import tensorflow_model_analysis as tfma
+    from tensorflow_model_analysis import constants
+
+    out = {"candidate": {}, "baseline": {}}
+    for slice_metrics in tfma.load_metrics(evaluation_uri):
+        if slice_metrics.slice_key.single_slice_keys:
+            continue
+        for kv in slice_metrics.metric_keys_and_values:
+            k = kv.key
+            if k.name == NAME and not k.is_diff and k.HasField("sub_key") and k.sub_key.HasField("class_id"):
+                who = "baseline" if k.model_name == constants.BASELINE_KEY else "candidate"
+                out[who][k.sub_key.class_id.value] = kv.value.double_value.value
+    return out

@@ -192,8 +192,14 @@ def run(argv: list[str] | None = None) -> int:
         print("\n".join(run_report.summary(store, args.pipeline_name, run_id, tfx_pipeline.COMPONENT_IDS)))
     if error is not None:
         print(f"FAILED: {type(error).__name__}: {error}", file=sys.stderr)
-        return 1
-    return 0
+    if run_id:
+        from pipeline.orchestration import report_html
+
+        try:
+            print(f"report: {report_html.write(store, args.pipeline_root, args.pipeline_name, run_id)}")
+        except Exception as e:  # noqa: BLE001 -- the run's outcome stands without its HTML page
+            print(f"error: the HTML report could not be written: {type(e).__name__}: {e}", file=sys.stderr)
+    return 1 if error is not None else 0
 
 
 def main() -> None:

@@ -268,7 +268,7 @@ def test_default_local_run_logs_its_choice_not_the_harness(first, data, tmp_path
     are those of the one-worker run."""
     import logging
     caplog.set_level(logging.INFO)
-    again = finished(data, tmp_path / "out", *LENIENT)
+    again = finished(data, tmp_path / "out", *LENIENT, "--log_level", "INFO")
     assert again.rc == 0
     chose = [r.getMessage() for r in caplog.records if r.getMessage().startswith("local runner:")]
     assert chose and f"--direct_num_workers={runners.usable_cores()}" in chose[0]
@@ -641,7 +641,7 @@ def test_progress_lines_count_towards_the_csv_where_one_process_does_the_work(da
     import logging
     monkeypatch.setattr(bt._Progress, "EVERY_S", 0.0)
     caplog.set_level(logging.INFO, logger="pipeline.beam.transforms")
-    res = finished(data, tmp_path / "out", *LENIENT, "--batch_size", "4")
+    res = finished(data, tmp_path / "out", *LENIENT, "--batch_size", "4", "--log_level", "INFO")
     assert res.rc == 0
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("features: ")]
     total = len(csv_rows(data.root / "train_curated.csv"))

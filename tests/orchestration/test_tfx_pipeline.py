@@ -255,6 +255,72 @@ def test_a_model_under_the_bar_is_not_blessed_and_not_pushed(root, first, refuse
     assert _tree(root / "serving") == serving_before
 
 
+def _report_of(out: str) -> str:
+    """The HTML report's path: the last line a run prints."""
+    last = out.rstrip().splitlines()[-1]
+    assert last.startswith("report: "), out[-2000:]
+    return last[len("report: "):]
+
+
+def _looked_at(page: str, workdir) -> tuple[str, list[str]]:
+    """The page as Chromium renders it: (its DOM, its network requests); the screenshot must not be
+    blank (a white page, or one colour)."""
+    import matplotlib.image
+
+    from tests import browser
+
+    if browser.binary() is None:
+        pytest.skip("no chromium here (.ci/run installs Debian's chromium package)")
+    png, dom, _ = browser.render(page, str(workdir))
+    pixels = matplotlib.image.imread(io.BytesIO(png), format="png")[..., :3].reshape(-1, 3)
+    inked = (pixels.min(axis=1) < 0.85).mean()
+    assert inked > 0.03 and len(np.unique((pixels * 255).astype(int), axis=0)) > 50, inked
+    shutil.copy(str(workdir / "screenshot.png"), os.path.join(os.path.dirname(page), "screenshot-seen-by-test.png"))
+    return dom, browser.page_requests(page, str(workdir))
+
+
+def test_every_run_writes_an_html_report_a_browser_shows(root, first, tmp_path):
+    """Issue 20 §2: the page as a person sees it in Chromium: not blank, the decision, the lwlrap
+    MLMD recorded, the data's counts, the training curves and the push in the rendered DOM, and
+    not one network request (self-contained: inline SVG and CSS)."""
+    from pipeline.metrics import lwlrap_tfma
+
+    rc, out, err, store, runs = first
+    page = _report_of(out)
+    assert os.path.dirname(page) == str(root / "pipeline" / "reports")
+    dom, requests = _looked_at(page, tmp_path)
+    assert requests == []
+    lwlrap = lwlrap_tfma.evaluation_metrics(runs["Evaluator"].outputs["evaluation"][0].uri)["candidate"]
+    assert re.search(r'id="verdict"[^>]*>BLESSED<', dom) and f'id="lwlrap">{lwlrap:.4f}<' in dom
+    examples = runs["AudioExampleGen"].outputs["examples"][0]
+    assert f'id="rows">{run_report.prop(examples, "input_rows")}<' in dom and 'id="rows">49<' in dom
+    assert f'id="dead">{run_report.prop(examples, "dead_letters")}<' in dom and "unknown_label" in dom
+    assert "<h2>Training</h2>" in dom and dom.count("<svg") >= 3        # curves, decision, history
+    pushed = runs["Pusher"].outputs["pushed_model"][0]
+    assert f"version <b>{run_report.prop(pushed, 'pushed_version')}</b>" in dom
+    assert "data folder " + str(root / "data") in dom                    # lineage back to the data
+
+
+def test_a_refused_runs_report_says_why_and_fatp_report_rewrites_any_past_run(root, first, refused, tmp_path):
+    from pipeline.orchestration import report_html
+
+    (rc, out, err, store, runs), _ = refused
+    page = _report_of(out)          # the newest run's page is latest.html too
+    assert open(page).read() == open(root / "pipeline" / "reports" / "latest.html").read()
+    dom, requests = _looked_at(page, tmp_path)
+    assert requests == [] and re.search(r'id="verdict"[^>]*>NOT BLESSED<', dom)
+    assert "is below min_lwlrap 1.01" in dom and "not pushed: the model was not blessed" in dom
+    first_page = _report_of(first[1])
+    os.remove(first_page)                          # a past run's page, written again from MLMD alone
+    contexts = run_report.open_store(str(root / "pipeline" / "metadata.sqlite")).get_contexts_by_type("pipeline_run")
+    first_run = min(contexts, key=lambda c: (c.create_time_since_epoch, c.id)).name
+    with _Capture() as cap:
+        assert report_html.main(["--pipeline_root", str(root / "pipeline"), "--pipeline_name", NAME,
+                                 "--run", first_run]) == 0
+        written = cap.readouterr()[0].strip()
+    assert written == first_page and re.search(r'id="verdict"[^>]*>BLESSED<', open(first_page).read())
+
+
 def test_pushed_model_traces_back_to_the_data_folder(root, first):
     _, _, _, store, runs = first
     pushed = runs["Pusher"].outputs["pushed_model"][0]
