@@ -196,7 +196,8 @@ def run(argv: list[str] | None = None) -> int:
         from pipeline.orchestration import report_html
 
         try:
-            print(f"report: {report_html.write(store, args.pipeline_root, args.pipeline_name, run_id)}")
+            page = report_html.write(store, args.pipeline_root, args.pipeline_name, run_id)
+            print(f"report: {os.path.abspath(page) if fileio.is_local(page) else page}")
         except Exception as e:  # noqa: BLE001 -- the run's outcome stands without its HTML page
             print(f"error: the HTML report could not be written: {type(e).__name__}: {e}", file=sys.stderr)
     return 1 if error is not None else 0
