@@ -404,8 +404,9 @@ def test_a_run_killed_during_training_resumes_with_the_finished_components(tmp_p
     # what a person watching the terminal reads (issue 20 §1): each component's start and end with
     # its position, one line per epoch, and none of TensorFlow's start-up notices
     log_text = rerun.stderr
-    assert re.search(r"\[1/8\] AudioExampleGen: cached, [\d.]+ s", log_text), log_text[-3000:]
-    assert re.search(r"\[\d/8\] Trainer: executed in \d+ s", log_text) and "[8/8] Pusher: executed" in log_text
+    assert re.search(r"\[1/(\d+)\] AudioExampleGen: cached, [\d.]+ s", log_text), log_text[-3000:]
+    assert re.search(r"\[\d+/\d+\] Trainer: executed in \d+ s", log_text)
+    assert re.search(r"\[\d+/\d+\] Pusher: executed in \d+ s", log_text)
     assert re.search(r"epoch \d+/40 \(\d+ steps\): loss [\d.]+, .*val_lwlrap [\d.]+ \(best [\d.]+ at epoch \d+\); [\d.]+ s/epoch", log_text)
     assert "oneDNN custom operations" not in log_text and "cuInit" not in log_text
     store = run_report.open_store(str(tmp_path / "pipeline" / "metadata.sqlite"))
