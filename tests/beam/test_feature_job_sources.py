@@ -101,7 +101,7 @@ def _run(data, out, *extra):
         for r in recs:
             feat = tf.train.Example.FromString(r).features.feature
             records[feat["fname"].bytes_list.value[0].decode()] = SimpleNamespace(split=split, raw=r, feat=feat)
-    return SimpleNamespace(rc=rc, manifest=manifest, records=records,
+    return SimpleNamespace(rc=rc, manifest=manifest, manifest_dir=out, records=records,
                            letters=[json.loads(x) for x in (out / output.DEAD_LETTERS).read_text().splitlines()])
 
 
@@ -186,3 +186,22 @@ def test_counts_and_dead_letters_per_source_reconcile(runs):
     letter = next(d for d in runs.noisy.letters if d["source"] == "noisy" and d["fname"] == dup)
     assert "also listed by the curated source (train_curated.csv line 2)" in letter["detail"]
     assert [d["source"] for d in runs.noisy.letters] == sorted(d["source"] for d in runs.noisy.letters)
+
+
+@pytest.mark.slow
+def test_the_training_input_reads_two_source_examples_and_its_eval_batches_are_unchanged(runs, tmp_path):
+    """pipeline/training/dataset.py ignores `source`: the eval split of the two-source run gives the
+    model the very (mel, labels) pairs of the curated-only run, and its train split parses whole."""
+    from pipeline.training import dataset
+
+    def pairs(run_manifest_dir, split):
+        files, n = dataset.split_files(run_manifest_dir, split)
+        ds = dataset.make_dataset(files, (101, 40), 80, 4, training=False, num_examples=n)
+        got = [(tuple(label.nonzero()[0]), mel.tobytes()) for mels, labels in ds.as_numpy_iterator()
+               for mel, label in zip(mels, labels)]
+        assert len(got) == n
+        return sorted(got)
+
+    out = {name: str(getattr(runs, name).manifest_dir) for name in ("noisy", "curated")}
+    assert pairs(out["noisy"], "eval") == pairs(out["curated"], "eval")
+    assert len(pairs(out["noisy"], "train")) == runs.noisy.manifest["counts"]["per_split"]["train"]
