@@ -64,3 +64,4 @@ def test_the_page_shows_the_first_dead_letters_of_each_source(tmp_path):
     (tmp_path / "dead_letters.jsonl").write_text("".join(json.dumps(x) + "\n" for x in letters))
     shown = report_html._dead_letters(str(tmp_path), limit=8)
     assert [x["fname"] for x in shown] == [f"c{i}.wav" for i in range(8)] + ["n.wav"]
+
