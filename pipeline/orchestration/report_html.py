@@ -382,7 +382,8 @@ def render(f: dict) -> str:
     if data is not None:
         counts = data["counts"]
         parts.append("<h2>Data</h2>")
-        parts.append(f'<p><span id="rows">{_e(counts.get("input_rows"))}</span> rows in the CSV → '
+        csvs = "CSVs" if len(counts.get("per_source") or {}) > 1 else "CSV"
+        parts.append(f'<p><span id="rows">{_e(counts.get("input_rows"))}</span> rows in the {csvs} → '
                      f'<span id="written">{_e(counts.get("written"))}</span> examples '
                      f'({", ".join(f"{_e(k)} {_e(v)}" for k, v in sorted((counts.get("per_split") or {}).items()))}), '
                      f'<span id="dead">{_e(counts.get("failed"))}</span> dead letters.</p>')

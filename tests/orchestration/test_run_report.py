@@ -55,6 +55,7 @@ def test_the_html_data_section_has_a_row_per_source_and_the_dead_letters_say_the
     one = _page({"curated": PER_SOURCE["curated"]}, [dict(letters[0], source="curated")])
     assert "per-source" not in one and "<th>source</th>" not in one
     assert "<th>line</th><th>fname</th><th>stage</th>" in one
+    assert "rows in the CSVs" in page and "rows in the CSV " in one
 
 
 def test_the_page_shows_the_first_dead_letters_of_each_source(tmp_path):
