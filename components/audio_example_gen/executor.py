@@ -8,7 +8,9 @@ turns its manifest into a standard TFX `Examples` artifact.
 
 The artifact carries what ExampleGen sets (split_names, payload_format FORMAT_TF_EXAMPLE,
 file_format tfrecords_gzip, input_fingerprint) and the job's counts (input_rows, written,
-dead_letters, failed_by_reason), so a run's bad clips are visible in MLMD. A run whose
+dead_letters, failed_by_reason, and per_source: {source: input_rows, written, failed, per_split}
+as JSON, with `sources` naming them), so a run's bad clips, and what each source gave, are visible
+in MLMD. A run whose
 dead letters exceed max_error_ratio, or that leaves a split empty, raises: the component fails
 and nothing downstream runs. TFX deletes a failed execution's output folders, so the manifest and
 dead letters are first copied to PIPELINE_ROOT/AudioExampleGen/failed/<execution id>/, which the
@@ -75,7 +77,9 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         splits = TEST_SPLITS if test else SPLITS
         spec = job.make_spec(output_dir=examples.uri, cfg=cfg.features, csv=paths.csv, audio_dir=paths.audio_dir,
                              mode="test" if test else "train",
-                             labels=paths.labels, eval_ratio=cfg.eval_ratio, max_error_ratio=cfg.max_error_ratio,
+                             labels=paths.labels, noisy=paths.noisy_csv is not None, noisy_csv=paths.noisy_csv,
+                             noisy_audio_dir=paths.noisy_audio_dir, eval_ratio=cfg.eval_ratio,
+                             max_error_ratio=cfg.max_error_ratio,
                              batch_size=cfg.batch_size, compression=_deflate(cfg), split_prefix=SPLIT_PREFIX,
                              inputs={"data_dir": data_dir,
                                      inputs.FINGERPRINT: exec_properties.get(inputs.FINGERPRINT, "")})
@@ -87,8 +91,9 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         if manifest is None:
             raise ExampleGenError(f"the feature job finished without writing {fileio.join(examples.uri, output.MANIFEST)}")
         counts = manifest["counts"]
-        log.info("Audio ExampleGen: %d rows -> %d examples %s, %d dead letters %s", counts["input_rows"],
-                 counts["written"], counts["per_split"], counts["failed"], counts["failed_by_reason"])
+        log.info("Audio ExampleGen: %d rows -> %d examples %s, %d dead letters %s; per source %s", counts["input_rows"],
+                 counts["written"], counts["per_split"], counts["failed"], counts["failed_by_reason"],
+                 counts["per_source"])
         if manifest["status"] != output.STATUS_COMPLETE:
             raise ExampleGenError(f"the feature job failed: {manifest['status_reason']} (dead letters by reason: "
                                   f"{counts['failed_by_reason']}); report kept in {_keep_report(examples.uri)}")
@@ -105,6 +110,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                            ("dead_letters", counts["failed"])):
             examples.set_int_custom_property(key, value)
         examples.set_string_custom_property("failed_by_reason", json.dumps(counts["failed_by_reason"], sort_keys=True))
+        examples.set_string_custom_property("sources", ",".join(manifest["sources"]))
+        examples.set_string_custom_property("per_source", json.dumps(counts["per_source"], sort_keys=True))
         examples.set_string_custom_property("data_dir", data_dir)
         if exec_properties.get(inputs.FINGERPRINT):
             examples.set_string_custom_property(inputs.FINGERPRINT, exec_properties[inputs.FINGERPRINT])

@@ -6,6 +6,7 @@ runs the job on the same paths), so the two cannot disagree about what "the data
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 
@@ -25,6 +26,8 @@ class InputPaths:
     csv: str
     audio_dir: str
     labels: str
+    noisy_csv: str | None = None           # the noisy source, where it is read (None: curated only)
+    noisy_audio_dir: str | None = None
 
 
 def _under(data_dir: str, path: str) -> str:
@@ -34,9 +37,17 @@ def _under(data_dir: str, path: str) -> str:
 
 
 def resolve(data_dir: str, cfg: AudioExampleGenConfig) -> InputPaths:
-    """Paths of the CSV, the audio folder and the label file; relative ones are under data_dir."""
-    return InputPaths(csv=_under(data_dir, cfg.csv), audio_dir=_under(data_dir, cfg.audio_dir),
-                      labels=_under(data_dir, cfg.labels))
+    """Paths of the CSV, the audio folder and the label file, and of the noisy source's CSV and
+    folder where it is read (mode TRAIN; `noisy` ON, or AUTO and its CSV exists); relative paths
+    are under data_dir."""
+    paths = InputPaths(csv=_under(data_dir, cfg.csv), audio_dir=_under(data_dir, cfg.audio_dir),
+                       labels=_under(data_dir, cfg.labels))
+    if cfg.mode == AudioExampleGenConfig.TEST or cfg.noisy == AudioExampleGenConfig.OFF:
+        return paths
+    noisy_csv = _under(data_dir, cfg.noisy_csv)
+    if cfg.noisy == AudioExampleGenConfig.AUTO and not FileSystems.exists(noisy_csv):
+        return paths
+    return dataclasses.replace(paths, noisy_csv=noisy_csv, noisy_audio_dir=_under(data_dir, cfg.noisy_audio_dir))
 
 
 def _metadata(pattern: str) -> list:
@@ -62,20 +73,23 @@ def _content_checksum(path: str) -> str:
 
 
 def fingerprint(paths: InputPaths, mode: int = AudioExampleGenConfig.METADATA) -> str:
-    """A digest that changes when the data changes: the CSV's and the label file's bytes, and for
-    every file under the audio folder its name and size with, by `mode`, its modification time
+    """A digest that changes when the data changes: the CSVs' and the label file's bytes, and for
+    every file under the audio folders its name and size with, by `mode`, its modification time
     (METADATA, what TFX's FileBasedExampleGen fingerprints too, without reading gigabytes of
-    audio) or a checksum of its content (CONTENT).
+    audio) or a checksum of its content (CONTENT). The noisy source's CSV and folder count where
+    it is read; without it the digest is what it was before the noisy source existed.
 
     Returns "sha256:<hex> files=<n> bytes=<total>[ content]", readable in MLMD."""
-    for what, path in (("CSV", paths.csv), ("label file", paths.labels), ("audio folder", paths.audio_dir)):
+    noisy = [("noisy CSV", paths.noisy_csv), ("noisy audio folder", paths.noisy_audio_dir)] if paths.noisy_csv else []
+    for what, path in [("CSV", paths.csv), ("label file", paths.labels), ("audio folder", paths.audio_dir), *noisy]:
         if not FileSystems.exists(path):
             raise ValueError(f"the {what} {path} does not exist")
     h = hashlib.sha256()
-    for path in (paths.csv, paths.labels):
+    for path in (paths.csv, paths.labels) + ((paths.noisy_csv,) if noisy else ()):
         with FileSystems.open(path, compression_type="uncompressed") as f:
             h.update(path.encode() + b"\0" + hashlib.sha256(f.read()).digest())
-    files = sorted(_metadata(FileSystems.join(paths.audio_dir, "**")), key=lambda m: m.path)
+    folders = [paths.audio_dir] + ([paths.noisy_audio_dir] if noisy else [])
+    files = [m for folder in folders for m in sorted(_metadata(FileSystems.join(folder, "**")), key=lambda m: m.path)]
     content = mode == AudioExampleGenConfig.CONTENT
     total = 0
     for m in files:

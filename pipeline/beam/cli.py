@@ -37,7 +37,8 @@ def arg_parser() -> argparse.ArgumentParser:
                     "or DataflowRunner/FlinkRunner/SparkRunner flags.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--data_dir", help="Kaggle layout root: train_curated.csv, train_curated/, "
-                                       "sample_submission.csv, test/ (local path, gs:// or s3://)")
+                                       "sample_submission.csv, test/, and optionally train_noisy.csv, train_noisy/ "
+                                       "(local path, gs:// or s3://)")
     ap.add_argument("--output_dir", required=True, help="where TFRecords, labels.txt, dead_letters.jsonl and "
                                                         "manifest.json go")
     ap.add_argument("--mode", choices=["train", "test"], default="train",
@@ -46,6 +47,15 @@ def arg_parser() -> argparse.ArgumentParser:
     ap.add_argument("--csv", help="rows to read (default: DATA/train_curated.csv, or DATA/sample_submission.csv "
                                   "in test mode)")
     ap.add_argument("--audio_dir", help="folder of the clips (default: DATA/train_curated or DATA/test)")
+    noisy = ap.add_mutually_exclusive_group()
+    noisy.add_argument("--noisy", dest="noisy", action="store_const", const=True, default=None,
+                       help="require the noisy source (train mode): fail when train_noisy.csv is missing. Without "
+                            "--noisy or --no_noisy it is read when DATA/train_noisy.csv exists (or --noisy_csv is given); "
+                            "its clips all go to the train split and their Examples say source 'noisy'")
+    noisy.add_argument("--no_noisy", dest="noisy", action="store_const", const=False,
+                       help="leave the noisy source out: the curated clips only, Examples exactly as without it")
+    ap.add_argument("--noisy_csv", help="the noisy source's rows (default: DATA/train_noisy.csv)")
+    ap.add_argument("--noisy_audio_dir", help="the noisy source's clips (default: DATA/train_noisy)")
     ap.add_argument("--labels", help="label order: sample_submission.csv (its header) or labels.txt "
                                      "(default: DATA/sample_submission.csv)")
     ap.add_argument("--preset", choices=sorted(config_lib.PRESETS), default="seed",
@@ -75,7 +85,8 @@ def _resolve(args: argparse.Namespace) -> feature_job.JobSpec:
                                      csv=args.csv, audio_dir=args.audio_dir, labels=args.labels,
                                      eval_ratio=args.eval_ratio, max_error_ratio=args.max_error_ratio,
                                      batch_size=args.batch_size, intra_op_threads=args.tf_threads,
-                                     compression=args.compression,
+                                     compression=args.compression, noisy=args.noisy, noisy_csv=args.noisy_csv,
+                                     noisy_audio_dir=args.noisy_audio_dir,
                                      inputs={"preset": args.preset, "feature_config": args.feature_config})
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
@@ -85,8 +96,11 @@ def _summary(manifest: dict, seconds: float) -> str:
     c = manifest["counts"]
     splits = ", ".join(f"{k} {v}" for k, v in sorted(c["per_split"].items())) or "none"
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(c["failed_by_reason"].items())) or "none"
+    sources = c.get("per_source") or {}
+    by_source = ("; " + ", ".join(f"{k}: {v['input_rows']} rows -> {v['written']} examples, {v['failed']} dead letters"
+                                  for k, v in sources.items())) if len(sources) > 1 else ""
     return (f"{c['input_rows']} rows -> {c['written']} examples ({splits}), {c['failed']} dead letters "
-            f"({reasons}) in {seconds:.1f} s ({c['written'] / max(seconds, 1e-9):.1f} clips/s)")
+            f"({reasons}){by_source} in {seconds:.1f} s ({c['written'] / max(seconds, 1e-9):.1f} clips/s)")
 
 
 class _WorkerLogFilter(logging.Filter):
@@ -134,6 +148,9 @@ def run(argv: list[str] | None = None) -> int:
     log.info("reading %s (%s mode), clips from %s, %d labels, features %s -> %s",
              spec.csv_path, spec.mode, spec.audio_dir, len(spec.vocabulary), args.preset,
              "x".join(map(str, config_lib.mel_shape(spec.cfg))))
+    if spec.noisy_csv:
+        log.info("and the noisy source: %s, clips from %s (all to the train split)", spec.noisy_csv,
+                 spec.noisy_audio_dir)
     options = runners.pipeline_options(beam_args)
     if "distributed" in sys.modules and args.log_level.upper() != "DEBUG":
         # dask's scheduler and nannies log every worker's start and stop at INFO, from this process

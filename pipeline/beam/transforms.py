@@ -1,14 +1,20 @@
 """The Beam job's steps as composite PTransforms: rows -> audio -> features -> tf.Examples -> files.
 
 Nothing here raises on bad input: a row or clip that cannot be used leaves its step on the
-DEAD output as a dead letter (fname, line, stage, reason, detail) and bumps a Beam counter named
-after its reason, so that input rows = written + failed always holds.
+DEAD output as a dead letter (fname, line, stage, reason, detail, source) and bumps a Beam counter
+named after its reason, so that input rows = written + failed always holds.
+
+Rows come from one or more sources (kaggle_layout: curated, noisy; test), each with its CSV and
+audio folder; every row, dead letter and written record keeps its source, so the counts reconcile
+per source too. Only the curated source's clips are hashed into the eval split: the other sources'
+labels are not trusted to judge a model, so their clips all go to train.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+import posixpath
 import stat
 import threading
 import time
@@ -35,10 +41,11 @@ NAMESPACE = "fatp"
 log = logging.getLogger(__name__)
 
 
-def dead_letter(fname: str, line: int, stage: str, reason: str, detail: str) -> beam.pvalue.TaggedOutput:
+def dead_letter(fname: str, line: int, stage: str, reason: str, detail: str,
+                source: str = kaggle_layout.CURATED) -> beam.pvalue.TaggedOutput:
     Metrics.counter(NAMESPACE, f"failed_{reason}").inc()
     return beam.pvalue.TaggedOutput(DEAD, {"fname": fname, "line": line, "stage": stage, "reason": reason,
-                                           "detail": detail})
+                                           "detail": detail, "source": source})
 
 
 def split_of(fname: str, eval_ratio: float) -> str:
@@ -55,27 +62,40 @@ class Clip:
 
 
 class _ParseRows(beam.DoFn):
+    """All sources' CSVs in one step, so that a clip two sources list is caught (parse_sources)."""
+
     def __init__(self, vocabulary: list[str] | None):
         self._vocabulary = vocabulary
 
-    def process(self, csv_path: str):
-        good, bad = kaggle_layout.parse_rows(fileio.read_text(csv_path), self._vocabulary)
-        log.info("%s: %d usable rows, %d rejected", csv_path, len(good), len(bad))
+    def process(self, sources: tuple[tuple[str, str], ...]):
+        texts = [(name, posixpath.basename(path), fileio.read_text(path)) for name, path in sources]
+        good, bad = kaggle_layout.parse_sources(texts, self._vocabulary)
+        for name, path in sources:
+            log.info("%s: %d usable rows, %d rejected", path, sum(r.source == name for r in good),
+                     sum(b.source == name for b in bad))
         for b in bad:
-            yield dead_letter(b.fname, b.line, "csv", b.reason, b.detail)
+            yield dead_letter(b.fname, b.line, "csv", b.reason, b.detail, b.source)
         yield from good
 
 
-class ReadRows(beam.PTransform):
-    """The CSV's rows (train mode: with label indices; test mode: vocabulary None, fnames only),
-    reshuffled so that the clips spread over workers."""
+def sources_of(csv: str | list, vocabulary: list[str] | None) -> tuple[tuple[str, str], ...]:
+    """((source, csv path), ...): a single path is the curated source (test mode, no vocabulary: test)."""
+    if isinstance(csv, str):
+        return ((kaggle_layout.CURATED if vocabulary is not None else kaggle_layout.TEST, csv),)
+    return tuple((name, path) for name, path in csv)
 
-    def __init__(self, csv_path: str, vocabulary: list[str] | None):
+
+class ReadRows(beam.PTransform):
+    """The CSVs' rows (train mode: with label indices; test mode: vocabulary None, fnames only),
+    reshuffled so that the clips spread over workers. `csv`: one CSV's path, or [(source, path)]
+    in order of precedence (a file name two sources list is kept in the first)."""
+
+    def __init__(self, csv: str | list, vocabulary: list[str] | None):
         super().__init__()
-        self._csv_path, self._vocabulary = csv_path, vocabulary
+        self._sources, self._vocabulary = sources_of(csv, vocabulary), vocabulary
 
     def expand(self, pbegin):
-        parsed = (pbegin | "CsvPath" >> beam.Create([self._csv_path])
+        parsed = (pbegin | "CsvPath" >> beam.Create([self._sources])
                   | "Parse" >> beam.ParDo(_ParseRows(self._vocabulary)).with_outputs(DEAD, main="rows"))
         return {"rows": parsed.rows | "Spread" >> beam.Reshuffle(), DEAD: parsed[DEAD]}
 
@@ -100,13 +120,17 @@ def _local_file_problem(path: str, audio_dir: str) -> str | None:
 class _DecodeAudio(beam.DoFn):
     """Row -> Clip: checks, reads (with retries), decodes, resamples, and keeps only the samples the
     feature function will use (features.window_keeper), so a clip costs at most one window of
-    memory from here on. Any failure of one clip is that clip's dead letter."""
+    memory from here on. Any failure of one clip is that clip's dead letter. `audio_dir`: one folder,
+    or {source: folder} for rows of several sources."""
 
     READ_ATTEMPTS = 4
     RETRY_DELAY_S = 0.5        # doubled after each failed attempt: 0.5, 1, 2 s
 
-    def __init__(self, audio_dir: str, config_text: str):
+    def __init__(self, audio_dir: str | dict, config_text: str):
         self._audio_dir, self._config_text = audio_dir, config_text
+
+    def _folder(self, row: kaggle_layout.Row) -> str:
+        return self._audio_dir if isinstance(self._audio_dir, str) else self._audio_dir[row.source]
 
     def setup(self):
         from pipeline.features import feature_fn as features
@@ -128,10 +152,11 @@ class _DecodeAudio(beam.DoFn):
         raise AssertionError("unreachable")
 
     def process(self, row: kaggle_layout.Row):
-        path = FileSystems.join(self._audio_dir, row.fname)
-        problem = _local_file_problem(path, self._audio_dir)
+        folder = self._folder(row)
+        path = FileSystems.join(folder, row.fname)
+        problem = _local_file_problem(path, folder)
         if problem:
-            yield dead_letter(row.fname, row.line, "read", "unsafe_path", problem)
+            yield dead_letter(row.fname, row.line, "read", "unsafe_path", problem, row.source)
             return
         try:
             matches = FileSystems.match([path])[0].metadata_list
@@ -139,23 +164,24 @@ class _DecodeAudio(beam.DoFn):
                 audio.check_file_size(matches[0].size_in_bytes, self._cfg.limits)
             data = self._read(path)
         except audio.AudioError as e:
-            yield dead_letter(row.fname, row.line, "read", e.reason, e.detail)
+            yield dead_letter(row.fname, row.line, "read", e.reason, e.detail, row.source)
             return
         except Exception as e:  # noqa: BLE001 -- tell missing from unreadable
             if not FileSystems.exists(path):
-                yield dead_letter(row.fname, row.line, "read", "missing_file", f"{path} does not exist")
+                yield dead_letter(row.fname, row.line, "read", "missing_file", f"{path} does not exist", row.source)
             else:
-                yield dead_letter(row.fname, row.line, "read", "read_error", f"{type(e).__name__}: {e}")
+                yield dead_letter(row.fname, row.line, "read", "read_error", f"{type(e).__name__}: {e}",
+                                  row.source)
             return
         try:
             waveform, info = audio.decode(data, self._cfg.sample_rate, self._cfg.limits)
             del data
             kept = self._keep(waveform)
         except audio.AudioError as e:
-            yield dead_letter(row.fname, row.line, "decode", e.reason, e.detail)
+            yield dead_letter(row.fname, row.line, "decode", e.reason, e.detail, row.source)
             return
         except Exception as e:  # noqa: BLE001 -- resampling, trimming: still this clip's problem only
-            yield dead_letter(row.fname, row.line, "decode", "decode_error", f"{type(e).__name__}: {e}")
+            yield dead_letter(row.fname, row.line, "decode", "decode_error", f"{type(e).__name__}: {e}", row.source)
             return
         Metrics.counter(NAMESPACE, "clips_decoded").inc()
         yield Clip(row, np.ascontiguousarray(kept), info["source_seconds"])
@@ -267,7 +293,7 @@ class _ComputeFeatures(beam.DoFn):
         for clip, mel in zip(clips, mels):
             if isinstance(mel, Exception):
                 yield dead_letter(clip.row.fname, clip.row.line, "features", "feature_error",
-                                  f"{type(mel).__name__}: {mel}")
+                                  f"{type(mel).__name__}: {mel}", clip.row.source)
             else:
                 yield clip, mel
         Metrics.counter(NAMESPACE, "clips_featurized").inc(len(clips))
@@ -276,9 +302,9 @@ class _ComputeFeatures(beam.DoFn):
 
 class ComputeFeatures(beam.PTransform):
     """Rows -> decoded audio, trimmed and cut to the window -> batched feature function ->
-    (Clip, mel [frames, n_mels])."""
+    (Clip, mel [frames, n_mels]). `audio_dir`: one folder, or {source: folder}."""
 
-    def __init__(self, audio_dir: str, cfg: config_lib.FeatureConfig, batch_size: int, intra_op_threads: int = 0,
+    def __init__(self, audio_dir: str | dict, cfg: config_lib.FeatureConfig, batch_size: int, intra_op_threads: int = 0,
                  expected_rows: int | None = None):
         super().__init__()
         self._audio_dir, self._cfg = audio_dir, cfg
@@ -313,24 +339,28 @@ class _WriteBundleFiles(beam.DoFn):
         self._tmp_dir, self._compression, self._run_id = tmp_dir, compression, run_id
 
     def start_bundle(self):
-        self._writers = {}
+        self._writers, self._by_source = {}, {}
 
     def process(self, split_and_record):
-        split, record = split_and_record
+        split, record, *source = split_and_record    # (split, record[, source]); no source: curated
+        source = source[0] if source else kaggle_layout.CURATED
         writer = self._writers.get(split)
         if writer is None:
             name = f"{self._run_id}-{split}-{uuid.uuid4().hex}{tfrecord.suffix(self._compression)}"
             path = FileSystems.join(self._tmp_dir, name)
             writer = self._writers[split] = tfrecord.TFRecordWriter(path, self._compression)
+            self._by_source[split] = {}
         writer.write(record)
+        self._by_source[split][source] = self._by_source[split].get(source, 0) + 1
         Metrics.counter(NAMESPACE, f"written_{split}").inc()
 
     def finish_bundle(self):
         for split, writer in self._writers.items():
             writer.close()
-            yield WindowedValue({"split": split, "tmp_path": writer.path, "records": writer.records},
+            yield WindowedValue({"split": split, "tmp_path": writer.path, "records": writer.records,
+                                 "by_source": self._by_source[split]},
                                 window.MIN_TIMESTAMP, [window.GlobalWindow()])
-        self._writers = {}
+        self._writers, self._by_source = {}, {}
 
 
 def finalize_shards(_, infos: list[dict], out_dir: str, tmp_dir: str, run_id: str, split_prefix: str = "") -> dict:
@@ -358,7 +388,13 @@ def finalize_shards(_, infos: list[dict], out_dir: str, tmp_dir: str, run_id: st
             if FileSystems.exists(info["tmp_path"]) or not FileSystems.exists(final):
                 FileSystems.rename([info["tmp_path"]], [final])
             files.append({"path": rel, "records": info["records"]})
+        by_source = {}
+        for info in mine:
+            for source, n in info.get("by_source", {}).items():
+                by_source[source] = by_source.get(source, 0) + n
         summary[split] = {"records": sum(f["records"] for f in files), "files": files}
+        if by_source:
+            summary[split]["by_source"] = dict(sorted(by_source.items()))
     leftovers = [m.path for m in FileSystems.match([FileSystems.join(tmp_dir, f"{run_id}-*")])[0].metadata_list]
     if leftovers:
         log.info("removing %d temporary files of retried bundles", len(leftovers))
@@ -370,22 +406,32 @@ def finalize_shards(_, infos: list[dict], out_dir: str, tmp_dir: str, run_id: st
 
 class WriteExamples(beam.PTransform):
     """(Clip, mel) -> tf.Examples in TFRecord shards per split (GZIP unless compression is "none");
-    outputs the shard summary.
+    outputs the shard summary (records per split, and per source within each split).
 
     Split folders are named `split_prefix + split`: plain for the command line, "Split-" for a
-    TFX Examples artifact, whose readers look for Split-<name>/."""
+    TFX Examples artifact, whose readers look for Split-<name>/. `eval_ratio` None: one "test"
+    split; else curated clips go to eval by split_of(fname) and clips of other sources to train.
+    `tag_source`: write each Example's source (a job of more than one source; a one-source job's
+    Examples stay exactly the seed's)."""
 
-    def __init__(self, out_dir: str, eval_ratio: float | None, compression: str = "none", split_prefix: str = ""):
+    def __init__(self, out_dir: str, eval_ratio: float | None, compression: str = "none", split_prefix: str = "",
+                 tag_source: bool = False):
         super().__init__()
         self._out_dir, self._eval_ratio, self._compression = out_dir, eval_ratio, compression
-        self._split_prefix = split_prefix
+        self._split_prefix, self._tag_source = split_prefix, tag_source
         self._tmp_dir = FileSystems.join(out_dir, "_tmp")
         self._run_id = uuid.uuid4().hex[:12]
 
     def _keyed_example(self, clip_mel):
         clip, mel = clip_mel
-        split = "test" if self._eval_ratio is None else split_of(clip.row.fname, self._eval_ratio)
-        return split, examples.serialize(clip.row.fname, clip.row.labels, mel, clip.source_seconds)
+        row = clip.row
+        if self._eval_ratio is None:
+            split = "test"
+        else:
+            split = split_of(row.fname, self._eval_ratio) if row.source == kaggle_layout.CURATED else "train"
+        record = examples.serialize(row.fname, row.labels, mel, clip.source_seconds,
+                                    row.source if self._tag_source else None)
+        return split, record, row.source
 
     def expand(self, mels):
         infos = (mels | "Serialize" >> beam.Map(self._keyed_example)
@@ -398,19 +444,22 @@ class WriteExamples(beam.PTransform):
 def _write_dead_letters(letters: list[dict], path: str) -> dict:
     import json
 
-    letters = sorted(letters, key=lambda d: (d["line"], d["fname"], d["stage"]))
+    order = {kaggle_layout.CURATED: 0, kaggle_layout.NOISY: 1}
+    letters = sorted(letters, key=lambda d: (order.get(d["source"], 2), d["source"], d["line"], d["fname"],
+                                             d["stage"]))
     with FileSystems.create(path) as f:
         for d in letters:
             f.write((json.dumps(d, sort_keys=True) + "\n").encode("utf-8"))
-    by_reason, by_stage = {}, {}
+    by_reason, by_stage, by_source = {}, {}, {}
     for d in letters:
         by_reason[d["reason"]] = by_reason.get(d["reason"], 0) + 1
         by_stage[d["stage"]] = by_stage.get(d["stage"], 0) + 1
-    return {"failed": len(letters), "by_reason": by_reason, "by_stage": by_stage}
+        by_source[d["source"]] = by_source.get(d["source"], 0) + 1
+    return {"failed": len(letters), "by_reason": by_reason, "by_stage": by_stage, "by_source": by_source}
 
 
 class WriteDeadLetters(beam.PTransform):
-    """All dead letters, sorted by input line, into one JSONL file; outputs their counts."""
+    """All dead letters, by source (curated first) and input line, into one JSONL file; outputs their counts."""
 
     def __init__(self, path: str):
         super().__init__()

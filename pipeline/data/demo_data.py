@@ -12,6 +12,13 @@ each standing for a failure the Beam job must report rather than crash on:
 
     DATA/train_curated.csv, DATA/train_curated/*.wav, DATA/sample_submission.csv, DATA/test/*.wav,
     DATA/test_labels.csv (the test clips' true labels, which Kaggle keeps secret)
+
+With `noisy=N` (default 0: none, so `make demo` and every figure made from it stay as they were) it
+also writes FAT2019's second source, DATA/train_noisy.csv and DATA/train_noisy/*.wav: N clips
+("no00000.wav"...) drawn after all the others (the curated and test clips do not change with N),
+one in four with a label swapped for a wrong one, like the noisy source's unreliable labels; with
+`broken` too, three bad noisy rows: a missing file, an unknown label, and a clip the curated CSV
+already lists (a duplicate across sources).
 """
 from __future__ import annotations
 
@@ -108,8 +115,30 @@ def _broken_files(audio_dir: str) -> dict[str, str]:
             "broken_zero_length.wav": "zero_length"}
 
 
-def generate(out: str, train: int = 240, test: int = 60, seed: int = 0, broken: bool = True) -> dict:
-    """Write the dataset; returns {"train": rows, "test": rows, "expected_dead": {fname: reason}}."""
+def _noisy_part(out: str, count: int, curated: list, broken: bool, rng: np.random.Generator) -> tuple[list, dict]:
+    """train_noisy/ and train_noisy.csv; returns the good rows as listed (some labels wrong) and the
+    bad rows' expected reasons ({fname: reason}; the cross-source duplicate as "<fname>#noisy")."""
+    noisy_dir = os.path.join(out, "train_noisy")
+    os.makedirs(noisy_dir, exist_ok=True)
+    rows = []
+    for fname, labels in _clips(noisy_dir, "no", count, rng):
+        if rng.random() < 0.25:
+            labels = sorted({int(rng.integers(80)), *labels[1:]})
+        rows.append((fname, labels))
+    csv_rows = [(f, ",".join(LABELS[k] for k in labels)) for f, labels in rows]
+    dead = {}
+    if broken:
+        csv_rows += [("noisy_missing.wav", LABELS[4]), ("noisy_unknown.wav", "Not_a_label"), (curated[0][0], LABELS[5])]
+        dead = {"noisy_missing.wav": "missing_file", "noisy_unknown.wav": "unknown_label",
+                f"{curated[0][0]}#noisy": "duplicate_fname"}
+    with open(os.path.join(out, "train_noisy.csv"), "w", newline="") as f:
+        csv.writer(f).writerows([("fname", "labels"), *csv_rows])
+    return rows, dead
+
+
+def generate(out: str, train: int = 240, test: int = 60, seed: int = 0, broken: bool = True, noisy: int = 0) -> dict:
+    """Write the dataset; returns {"train": rows, "test": rows, "expected_dead": {fname: reason}}, and
+    with `noisy`, "noisy": rows and "noisy_dead": {fname: reason}."""
     rng = np.random.default_rng(seed)
     train_dir, test_dir = os.path.join(out, "train_curated"), os.path.join(out, "test")
     os.makedirs(train_dir, exist_ok=True)
@@ -136,7 +165,11 @@ def generate(out: str, train: int = 240, test: int = 60, seed: int = 0, broken: 
     with open(os.path.join(out, "test_labels.csv"), "w", newline="") as f:
         csv.writer(f).writerows([("fname", "labels"), *((n, ",".join(LABELS[k] for k in ls)) for n, ls in test_rows)])
     log.info("wrote %d train clips (+%d bad rows) and %d test clips to %s", train, len(expected_dead), test, out)
-    return {"train": train_rows, "test": test_rows, "expected_dead": expected_dead}
+    result = {"train": train_rows, "test": test_rows, "expected_dead": expected_dead}
+    if noisy:
+        result["noisy"], result["noisy_dead"] = _noisy_part(out, noisy, train_rows, broken, rng)
+        log.info("wrote %d noisy clips (+%d bad rows)", noisy, len(result["noisy_dead"]))
+    return result
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -145,10 +178,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--train", type=int, default=240)
     ap.add_argument("--test", type=int, default=60)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--noisy", type=int, default=0, help="clips in a train_noisy source (0: none)")
     ap.add_argument("--no_broken", action="store_true", help="leave out the deliberately bad inputs")
     args = ap.parse_args(argv)
     logs.setup("INFO")
-    generate(args.out, args.train, args.test, args.seed, broken=not args.no_broken)
+    generate(args.out, args.train, args.test, args.seed, broken=not args.no_broken, noisy=args.noisy)
 
 
 if __name__ == "__main__":

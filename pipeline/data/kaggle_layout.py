@@ -1,13 +1,20 @@
-"""The Kaggle FAT2019 layout: train_curated.csv rows, the label vocabulary, safe file names.
+"""The Kaggle FAT2019 layout: train_curated.csv (and train_noisy.csv) rows, the label vocabulary, safe file names.
 
     DATA/train_curated.csv       fname,labels        ("0006ae4e.wav","Bark" or "Walk_and_footsteps,Slam")
     DATA/train_curated/*.wav
+    DATA/train_noisy.csv         the same columns: FAT2019's second, larger source, with unreliable labels
+    DATA/train_noisy/*.wav       (optional: a layout without it has the curated source only)
     DATA/sample_submission.csv   fname,<80 label columns in the competition's order>
     DATA/test/*.wav
 
 The label order is the order of sample_submission.csv's columns (or of a labels.txt file, one
 label per line), so model outputs line up with the submission format. Row problems are returned as
 (reason, detail) rather than raised: the Beam job reports them as dead letters.
+
+Every row and bad row names its source (CURATED, NOISY, or TEST for sample_submission.csv's clips).
+One file name is one clip: `parse_sources` keeps a name listed in two sources in the first only and
+reports the other listing as a duplicate_fname bad row (Examples, splits and joins are keyed by
+the name, so two clips of one name could not be told apart downstream).
 """
 from __future__ import annotations
 
@@ -19,12 +26,17 @@ from dataclasses import dataclass, field
 from pipeline.fileio import read_text
 
 
+CURATED, NOISY, TEST = "curated", "noisy", "test"      # the sources' names, as Examples and reports say them
+NOISY_CSV, NOISY_AUDIO = "train_noisy.csv", "train_noisy"
+
+
 @dataclass(frozen=True)
 class Row:
-    """One input row: a clip to read, with label indices (empty in test mode)."""
+    """One input row: a clip to read, with label indices (empty in test mode), and its source."""
     fname: str
     line: int
     labels: tuple[int, ...] = field(default=())
+    source: str = CURATED
 
 
 @dataclass(frozen=True)
@@ -33,6 +45,7 @@ class BadRow:
     line: int
     reason: str
     detail: str
+    source: str = CURATED
 
 
 def load_vocabulary(path: str) -> list[str]:
@@ -76,8 +89,9 @@ def normalize_fname(fname: str) -> str:
     return posixpath.normpath(fname)
 
 
-def parse_rows(text: str, vocabulary: list[str] | None) -> tuple[list[Row], list[BadRow]]:
-    """Rows of train_curated.csv (vocabulary given) or sample_submission.csv (None: test mode).
+def parse_rows(text: str, vocabulary: list[str] | None, source: str = CURATED) -> tuple[list[Row], list[BadRow]]:
+    """Rows of train_curated.csv or train_noisy.csv (vocabulary given) or sample_submission.csv
+    (None: test mode), each marked as from `source`.
 
     Every data line yields exactly one Row or one BadRow, so input rows = good + bad. The first
     occurrence of a file name wins; later ones are reported as duplicates.
@@ -96,27 +110,48 @@ def parse_rows(text: str, vocabulary: list[str] | None) -> tuple[list[Row], list
             continue  # blank lines are not rows
         fname = row[0].strip()
         if vocabulary is not None and len(row) != 2:
-            bad.append(BadRow(fname, line, "malformed_row", f"expected 2 columns (fname,labels), got {len(row)}"))
+            bad.append(BadRow(fname, line, "malformed_row", f"expected 2 columns (fname,labels), got {len(row)}",
+                              source))
             continue
         why = unsafe_path_reason(fname)
         if why:
-            bad.append(BadRow(fname, line, "unsafe_path", why))
+            bad.append(BadRow(fname, line, "unsafe_path", why, source))
             continue
         raw, fname = fname, normalize_fname(fname)
         if fname in seen:
             same = "" if raw == fname else f" as {fname!r}"
-            bad.append(BadRow(raw, line, "duplicate_fname", f"already listed{same} on line {seen[fname]}"))
+            bad.append(BadRow(raw, line, "duplicate_fname", f"already listed{same} on line {seen[fname]}",
+                              source))
             continue
         seen[fname] = line
         if vocabulary is None:
-            good.append(Row(fname, line))
+            good.append(Row(fname, line, source=source))
             continue
         names = [x.strip() for x in row[1].split(",") if x.strip()]
         unknown = [x for x in names if x not in index]
         if not names:
-            bad.append(BadRow(fname, line, "no_labels", "labels column is empty"))
+            bad.append(BadRow(fname, line, "no_labels", "labels column is empty", source))
         elif unknown:
-            bad.append(BadRow(fname, line, "unknown_label", f"not in the vocabulary: {', '.join(unknown)}"))
+            bad.append(BadRow(fname, line, "unknown_label", f"not in the vocabulary: {', '.join(unknown)}", source))
         else:
-            good.append(Row(fname, line, tuple(sorted({index[x] for x in names}))))
+            good.append(Row(fname, line, tuple(sorted({index[x] for x in names})), source))
+    return good, bad
+
+
+def parse_sources(texts: list[tuple[str, str, str]], vocabulary: list[str] | None) -> tuple[list[Row], list[BadRow]]:
+    """Rows of several sources' CSVs, [(source, csv file name, text)] in order of precedence: each
+    parsed by parse_rows, and a file name already listed by an earlier source becomes a
+    duplicate_fname bad row of the later one, naming where it is kept. input rows = good + bad."""
+    good, bad, kept = [], [], {}
+    for source, csv_name, text in texts:
+        rows, rejected = parse_rows(text, vocabulary, source)
+        bad += rejected
+        for row in rows:
+            if row.fname in kept:
+                where = "{} source ({} line {})".format(*kept[row.fname])
+                bad.append(BadRow(row.fname, row.line, "duplicate_fname",
+                                  f"also listed by the {where}, which keeps it: one file name is one clip", source))
+                continue
+            kept[row.fname] = (source, csv_name, row.line)
+            good.append(row)
     return good, bad

@@ -4,8 +4,8 @@
 
 Everything in it is read back from ML Metadata and the artifacts the run recorded, not from the
 run's memory, so `fatp-report` writes it as well for a past run or a cached one. It shows the
-components (state, executed or cached, time), the data (rows, examples per split, dead letters by
-reason with their first rows, clips per label, clip durations from StatisticsGen, ExampleValidator's
+components (state, executed or cached, time), the data (rows, examples per split, and per source
+when the job read train_noisy.csv too, dead letters by reason with their first rows, clips per label, clip durations from StatisticsGen, ExampleValidator's
 anomalies), training (loss and lwlrap per epoch, best epoch, time), the decision (candidate lwlrap
 with its interval against the bar and the baseline, BLESSED or NOT BLESSED and why, per-class
 lwlrap of both, worst first), the push, the lineage back to the data folder, and the lwlrap of
@@ -60,7 +60,14 @@ def _dead_letters(examples_uri: str, limit: int = 8) -> list[dict]:
         lines = fileio.read_text(fileio.join(examples_uri, "dead_letters.jsonl")).splitlines()
     except FileNotFoundError:
         return []
-    return [json.loads(line) for line in lines[:limit] if line.strip()]
+    shown, per_source = [], {}       # the first `limit` of each source (the file lists curated ones first)
+    for line in lines:
+        if line.strip():
+            letter = json.loads(line)
+            n = per_source[letter.get("source")] = per_source.get(letter.get("source"), 0) + 1
+            if n <= limit:
+                shown.append(letter)
+    return shown
 
 
 def _label_counts(examples_uri: str, manifest: dict) -> dict[str, int]:
@@ -375,17 +382,26 @@ def render(f: dict) -> str:
     if data is not None:
         counts = data["counts"]
         parts.append("<h2>Data</h2>")
-        parts.append(f'<p><span id="rows">{_e(counts.get("input_rows"))}</span> rows in the CSV → '
+        csvs = "CSVs" if len(counts.get("per_source") or {}) > 1 else "CSV"
+        parts.append(f'<p><span id="rows">{_e(counts.get("input_rows"))}</span> rows in the {csvs} → '
                      f'<span id="written">{_e(counts.get("written"))}</span> examples '
                      f'({", ".join(f"{_e(k)} {_e(v)}" for k, v in sorted((counts.get("per_split") or {}).items()))}), '
                      f'<span id="dead">{_e(counts.get("failed"))}</span> dead letters.</p>')
+        sources = counts.get("per_source") or {}
+        if len(sources) > 1:    # one source: the counts above are its own
+            parts.append(_table(["source", "rows", "examples", "train", "eval", "dead letters"],
+                                [[_e(k), _e(v["input_rows"]), _e(v["written"]), _e(v["per_split"].get("train", 0)),
+                                  _e(v["per_split"].get("eval", 0)), _e(v["failed"])] for k, v in sources.items()],
+                                "per-source"))
         reasons = counts.get("failed_by_reason") or {}
         if reasons:
             parts.append(_table(["dead-letter reason", "rows"], [[_e(k), _e(v)] for k, v in sorted(reasons.items())]))
+            source = [("source", lambda x: x.get("source"))] if len(sources) > 1 else []
+            columns = [("line", lambda x: x.get("line")), *source, ("fname", lambda x: x.get("fname")),
+                       ("stage", lambda x: x.get("stage")), ("reason", lambda x: x.get("reason")),
+                       ("detail", lambda x: x.get("detail"))]
             parts.append("<p class='muted'>first rows of dead_letters.jsonl:</p>" + _table(
-                ["line", "fname", "stage", "reason", "detail"],
-                [[_e(x.get("line")), _e(x.get("fname")), _e(x.get("stage")), _e(x.get("reason")), _e(x.get("detail"))]
-                 for x in data["dead_letters"]]))
+                [c for c, _ in columns], [[_e(get(x)) for _, get in columns] for x in data["dead_letters"]]))
         labels = data.get("labels")
         if labels:
             ranked = sorted(labels.items(), key=lambda kv: (kv[1], kv[0]))

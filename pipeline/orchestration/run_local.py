@@ -56,6 +56,12 @@ def arg_parser() -> argparse.ArgumentParser:
     ap.add_argument("--eval_ratio", type=float, help="share of clips in the eval split (default 0.1)")
     ap.add_argument("--max_error_ratio", type=float,
                     help="fail the ExampleGen (nothing downstream runs) above this share of dead letters (default 0.05)")
+    noisy = ap.add_mutually_exclusive_group()
+    noisy.add_argument("--noisy", dest="noisy", action="store_const", const="ON",
+                       help="require DATA/train_noisy.csv (the config's noisy: ON); by default (AUTO) it is read where "
+                            "it exists, its clips all in the train split, their Examples marked source 'noisy'")
+    noisy.add_argument("--no_noisy", dest="noisy", action="store_const", const="OFF",
+                       help="leave train_noisy.csv out (noisy: OFF): the curated clips only")
     ap.add_argument("--trainer_preset", choices=sorted(config_lib.TRAINER_PRESETS), default="default")
     ap.add_argument("--epochs", type=int, help="training epochs (overrides the preset)")
     ap.add_argument("--set", default="", help="TrainerConfig fields as text proto, e.g. 'batch_size: 32'")
@@ -92,6 +98,8 @@ def _example_gen_config(args) -> config_lib.AudioExampleGenConfig:
         cfg.eval_ratio = args.eval_ratio
     if args.max_error_ratio is not None:
         cfg.max_error_ratio = args.max_error_ratio
+    if args.noisy is not None:
+        cfg.noisy = config_lib.AudioExampleGenConfig.Noisy.Value(args.noisy)
     return cfg
 
 

@@ -158,6 +158,19 @@ def _evaluator(execution, evaluation, blessing) -> str:
     return text + f" -> NOT BLESSED: {prop(blessing, evaluator.REASON) or 'no reason recorded'}"
 
 
+def _per_source(examples) -> str:
+    """"; curated 30 (27 train, 3 eval, 9 dead), noisy 20 (20 train, 3 dead)" for an Examples artifact
+    of more than one source; "" for one source (the line stays what it was before sources existed)."""
+    sources = json.loads(prop(examples, "per_source", "{}") or "{}")
+    if len(sources) < 2:
+        return ""
+    parts = []
+    for name, c in sources.items():
+        splits = ", ".join(f"{v} {k}" for k, v in sorted(c["per_split"].items(), key=lambda kv: kv[0] != "train"))
+        parts.append(f"{name} {c['written']} ({splits}{', ' if splits else ''}{c['failed']} dead)")
+    return "; " + ", ".join(parts)
+
+
 def describe(run: ComponentRun) -> str:
     """One line of figures for a component run (empty when there is nothing to say)."""
     first = lambda key: (run.outputs.get(key) or run.inputs.get(key) or [None])[0]  # noqa: E731
@@ -167,7 +180,7 @@ def describe(run: ComponentRun) -> str:
             reasons = json.loads(prop(ex, "failed_by_reason", "{}") or "{}")
             detail = ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) or "none"
             return (f"{prop(ex, 'input_rows')} rows -> {prop(ex, 'written')} examples, "
-                    f"{prop(ex, 'dead_letters')} dead letters ({detail}); {ex.uri}")
+                    f"{prop(ex, 'dead_letters')} dead letters ({detail}){_per_source(ex)}; {ex.uri}")
         if run.component == "ExampleValidator" and first("anomalies") is not None:
             found = _anomalies(first("anomalies").uri)
             return "anomalies: " + ("; ".join(f"{s}: {', '.join(v)}" for s, v in found.items()) or "none")

@@ -30,7 +30,7 @@ PIPELINE_NAME = "fat-audio-tagging"
 RUN_FN = "pipeline.training.train.run_fn"
 # What StatisticsGen describes: the scalar and label features. The mel (81,408 floats a clip with
 # the seed's features) would cost most of the statistics' time and say little a schema can check.
-STATS_FEATURES = (examples_lib.LABELS, examples_lib.MEL_SHAPE, examples_lib.SOURCE_SECONDS)
+STATS_FEATURES = (examples_lib.LABELS, examples_lib.MEL_SHAPE, examples_lib.SOURCE_SECONDS, examples_lib.SOURCE)
 COMPONENT_IDS = ("AudioExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Trainer",
                  "latest_blessed_model_resolver", "Evaluator", "Pusher", "TestExampleGen", "BulkInferrer",
                  "SubmissionWriter")

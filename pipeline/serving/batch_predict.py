@@ -95,7 +95,8 @@ class _ListFolder(beam.DoFn):
         paths = sorted(m.path for m in FileSystems.match([fileio.join(folder, "**")])[0].metadata_list)
         log.info("%s: %d files", folder, len(paths))
         for line, path in enumerate(paths, 1):
-            yield kaggle_layout.Row(fname=path[len(prefix):] if path.startswith(prefix) else path, line=line)
+            yield kaggle_layout.Row(fname=path[len(prefix):] if path.startswith(prefix) else path, line=line,
+                                    source=kaggle_layout.TEST)
 
 
 def _example(clip_mel) -> tuple[str, bytes]:

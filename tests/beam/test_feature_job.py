@@ -30,7 +30,7 @@ CFG = config.feature_config("small")
 SHAPE = config.mel_shape(CFG)
 # the demo's 9 broken rows out of 49 are an error ratio of 0.18: above the default 0.05
 LENIENT = ["--max_error_ratio", "0.3"]
-DEAD_LETTER_KEYS = {"fname", "line", "stage", "reason", "detail"}
+DEAD_LETTER_KEYS = {"fname", "line", "stage", "reason", "detail", "source"}
 
 
 def run_job(data, out, *extra):
@@ -308,7 +308,10 @@ def test_test_mode(data, tmp_path):
     assert m["status"] == output.STATUS_COMPLETE and m["mode"] == "test" and m["eval_ratio"] is None
     assert list(res.records) == ["test"]
     assert m["counts"] == {"input_rows": 10, "written": 10, "failed": 0, "per_split": {"test": 10},
-                           "failed_by_reason": {}, "failed_by_stage": {}}
+                           "failed_by_reason": {}, "failed_by_stage": {},
+                           "per_source": {"test": {"input_rows": 10, "written": 10, "failed": 0,
+                                                   "per_split": {"test": 10}}}}
+    assert m["sources"] == ["test"]
     p = parse(res.records["test"])
     assert sorted(f.decode() for f in p["fname"].numpy()) == sorted(f for f, _ in data.test)
     assert p["labels"].values.shape == (0,)

@@ -183,3 +183,71 @@ def test_executor_fails_above_max_error_ratio_and_keeps_the_report(data, tmp_pat
     assert manifest["status"] == "failed"
     letters = (kept / "dead_letters.jsonl").read_text().splitlines()
     assert len(letters) == len(expected["expected_dead"])
+
+
+# ---------------------------------------------------------------------------------------------
+# the noisy source (issue 22 §2)
+
+
+@pytest.fixture
+def noisy_data(tmp_path):
+    """12 curated and 6 noisy clips, the demo's bad rows in both sources."""
+    expected = demo_data.generate(str(tmp_path / "noisy_data"), train=12, test=1, seed=4, broken=True, noisy=6)
+    return tmp_path / "noisy_data", expected
+
+
+def test_the_fingerprint_covers_the_noisy_source_where_it_is_read(noisy_data, data):
+    """AUTO reads train_noisy where it is (a changed noisy clip or row is a cache miss); OFF, TEST
+    mode and a layout without it fingerprint the curated inputs only, exactly as before."""
+    data_dir, _ = noisy_data
+    off = config.AudioExampleGenConfig(noisy=config.AudioExampleGenConfig.OFF)
+    auto = inputs.fingerprint(_paths(data_dir))
+    without = inputs.fingerprint(inputs.resolve(str(data_dir), off))
+    assert _paths(data_dir).noisy_csv == str(data_dir / "train_noisy.csv")
+    assert inputs.resolve(str(data_dir), off).noisy_csv is None
+    assert inputs.resolve(str(data_dir), config.AudioExampleGenConfig(mode=config.AudioExampleGenConfig.TEST)).noisy_csv is None
+    n_curated, n_noisy = len(os.listdir(data_dir / "train_curated")), len(os.listdir(data_dir / "train_noisy"))
+    assert f"files={n_curated + n_noisy} " in auto and f"files={n_curated} " in without
+    shutil.copy(data_dir / "train_noisy" / "no00000.wav", data_dir / "train_noisy" / "extra.wav")
+    changed = inputs.fingerprint(_paths(data_dir))
+    assert changed != auto and inputs.fingerprint(inputs.resolve(str(data_dir), off)) == without
+    csv = data_dir / "train_noisy.csv"
+    csv.write_text(csv.read_text().replace("no00001.wav,", "no00001.wav,Bark,"))
+    assert inputs.fingerprint(_paths(data_dir)) != changed
+    # a layout without the noisy source: the curated inputs' digest, whatever the config says
+    curated_dir, _ = data
+    assert inputs.fingerprint(_paths(curated_dir)) == inputs.fingerprint(inputs.resolve(str(curated_dir), off))
+
+
+def test_a_required_noisy_source_that_is_missing_stops_the_driver(data):
+    data_dir, _ = data
+    on = config.AudioExampleGenConfig(noisy=config.AudioExampleGenConfig.ON)
+    with pytest.raises(ValueError, match="the noisy CSV .*train_noisy.csv does not exist"):
+        inputs.fingerprint(inputs.resolve(str(data_dir), on))
+
+
+@pytest.mark.slow
+def test_executor_carries_the_per_source_counts_and_statistics_describe_both_sources(noisy_data, tmp_path):
+    """The artifact's per_source property (MLMD) holds each source's counts; eval holds curated
+    clips only; TFDV, as StatisticsGen runs it (STATS_FEATURES), counts both `source` values."""
+    import tensorflow_data_validation as tfdv
+
+    from pipeline.orchestration import tfx_pipeline
+
+    data_dir, expected = noisy_data
+    examples = _run_executor(data_dir, tmp_path / "examples", eval_ratio=0.3, max_error_ratio=0.6)
+    assert examples.get_string_custom_property("sources") == "curated,noisy"
+    per = json.loads(examples.get_string_custom_property("per_source"))
+    assert per["noisy"] == {"input_rows": 6 + len(expected["noisy_dead"]), "written": 6,
+                            "failed": len(expected["noisy_dead"]), "per_split": {"train": 6}}
+    assert per["curated"]["written"] == 12 and per["curated"]["failed"] == len(expected["expected_dead"])
+    assert examples.get_int_custom_property("written") == 18
+    options = tfdv.StatsOptions(feature_allowlist=list(tfx_pipeline.STATS_FEATURES))
+    values = {}
+    for split in ("train", "eval"):
+        stats = tfdv.generate_statistics_from_tfrecord(str(tmp_path / "examples" / f"Split-{split}" / "*"),
+                                                       stats_options=options)
+        feature = next(f for f in stats.datasets[0].features if f.path.step == ["source"])
+        values[split] = {b.label: b.sample_count for b in feature.string_stats.rank_histogram.buckets}
+    assert values["train"] == {"curated": per["curated"]["per_split"]["train"], "noisy": 6}
+    assert values["eval"] == {"curated": per["curated"]["per_split"]["eval"]}

@@ -60,6 +60,24 @@ def test_serialize_is_deterministic():
     assert positions == sorted(positions)
 
 
+def test_source_is_written_only_when_given_and_parses_as_curated_where_absent():
+    """A source-tagged Example is the untagged one plus a `source` bytes feature (protobuf API
+    equality); without `source` the bytes are exactly the seed's serialization; parse_spec reads
+    `source` only when asked, and reads an untagged Example as curated."""
+    fname, labels, mel, seconds = CASES["typical"]
+    plain = examples.serialize(fname, labels, mel, seconds)
+    assert examples.serialize(fname, labels, mel, seconds, None) == plain
+    tagged = examples.serialize(fname, labels, mel, seconds, "noisy")
+    want = proto_example(fname, labels, mel, seconds)
+    want.features.feature["source"].bytes_list.value.append(b"noisy")
+    assert tf.train.Example.FromString(tagged) == want
+    assert "source" not in examples.parse_spec((101, 40))
+    parsed = tf.io.parse_example(tf.constant([plain, tagged]), examples.parse_spec((101, 40), with_source=True))
+    assert parsed["source"].numpy().tolist() == [b"curated", b"noisy"]
+    plain_parse = tf.io.parse_example(tf.constant([plain, tagged]), examples.parse_spec((101, 40)))
+    np.testing.assert_array_equal(plain_parse["mel"].numpy()[0], plain_parse["mel"].numpy()[1])
+
+
 def test_parse_example_with_parse_spec():
     """tf.io.parse_example(parse_spec(shape)) returns fname, sparse labels, mel already shaped."""
     shape = (101, 40)

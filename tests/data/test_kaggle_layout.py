@@ -189,3 +189,31 @@ def test_crlf_line_endings():
     text = csv_text([("a.wav", "Bark"), ("b.wav", "Slam,Bark")]).replace("\n", "\r\n")
     good, bad = kl.parse_rows(text, VOCAB)
     assert bad == [] and good == [Row("a.wav", 2, (0,)), Row("b.wav", 3, (0, 1))]
+
+
+# ---------------------------------------------------------------------------------------------
+# sources
+
+
+def test_rows_and_bad_rows_name_their_source():
+    good, bad = kl.parse_rows("fname,labels\na.wav,Bark\nb.wav,Nope\n", VOCAB, kl.NOISY)
+    assert good == [Row("a.wav", 2, (0,), kl.NOISY)]
+    assert bad == [BadRow("b.wav", 3, "unknown_label", "not in the vocabulary: Nope", kl.NOISY)]
+    assert kl.parse_rows("fname,labels\na.wav,Bark\n", VOCAB)[0][0].source == kl.CURATED
+
+
+def test_a_clip_listed_by_two_sources_is_kept_in_the_first_and_reported_in_the_second():
+    """One file name is one clip: the noisy listing of a curated clip is a duplicate_fname bad row
+    naming where the clip is kept; each source's own checks still apply; good + bad = all rows."""
+    curated = "fname,labels\na.wav,Bark\nb.wav,Slam\n"
+    noisy = "fname,labels\nc.wav,Slam\n./b.wav,Bark\nc.wav,Bark\nd.wav,\n"
+    good, bad = kl.parse_sources([(kl.CURATED, "train_curated.csv", curated),
+                                  (kl.NOISY, "train_noisy.csv", noisy)], VOCAB)
+    assert good == [Row("a.wav", 2, (0,)), Row("b.wav", 3, (1,)), Row("c.wav", 2, (1,), kl.NOISY)]
+    assert sorted((b.fname, b.line, b.reason, b.source) for b in bad) == [
+        ("b.wav", 3, "duplicate_fname", kl.NOISY), ("c.wav", 4, "duplicate_fname", kl.NOISY),
+        ("d.wav", 5, "no_labels", kl.NOISY)]
+    across = next(b for b in bad if b.fname == "b.wav")
+    assert across.detail == ("also listed by the curated source (train_curated.csv line 3), which keeps it: "
+                             "one file name is one clip")
+    assert len(good) + len(bad) == 2 + 4

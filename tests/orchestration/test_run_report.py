@@ -1,0 +1,68 @@
+"""The run report's data figures per source (issue 22 §2): the text summary's ExampleGen line and the
+HTML page's Data section, from an Examples artifact and a manifest as the feature job writes them;
+a run of the curated source alone reads exactly as before."""
+import json
+
+from ml_metadata.proto import metadata_store_pb2
+
+from pipeline.orchestration import report_html, run_report
+
+PER_SOURCE = {"curated": {"input_rows": 39, "written": 30, "failed": 9, "per_split": {"eval": 3, "train": 27}},
+              "noisy": {"input_rows": 23, "written": 20, "failed": 3, "per_split": {"train": 20}}}
+
+
+def _examples(per_source):
+    a = metadata_store_pb2.Artifact(uri="/p/AudioExampleGen/examples/1")
+    for key, value in (("input_rows", sum(v["input_rows"] for v in per_source.values())),
+                       ("written", sum(v["written"] for v in per_source.values())),
+                       ("dead_letters", sum(v["failed"] for v in per_source.values()))):
+        a.custom_properties[key].int_value = value
+    a.custom_properties["failed_by_reason"].string_value = json.dumps({"missing_file": 12})
+    a.custom_properties["per_source"].string_value = json.dumps(per_source)
+    return a
+
+
+def _line(per_source):
+    run = run_report.ComponentRun(component="AudioExampleGen", state="COMPLETE",
+                                  execution=metadata_store_pb2.Execution(), outputs={"examples": [_examples(per_source)]})
+    return run_report.describe(run)
+
+
+def test_the_summary_line_counts_each_source_and_stays_as_it_was_for_one():
+    assert _line(PER_SOURCE) == ("62 rows -> 50 examples, 12 dead letters (missing_file 12); curated 30 (27 train, "
+                                 "3 eval, 9 dead), noisy 20 (20 train, 3 dead); /p/AudioExampleGen/examples/1")
+    assert _line({"curated": PER_SOURCE["curated"]}) == (
+        "39 rows -> 30 examples, 9 dead letters (missing_file 12); /p/AudioExampleGen/examples/1")
+
+
+def _page(per_source, letters):
+    counts = {"input_rows": 62, "written": 50, "failed": 12, "per_split": {"train": 47, "eval": 3},
+              "failed_by_reason": {"missing_file": 12}, "per_source": per_source}
+    facts = {"pipeline": "p", "run": "r", "components": [], "problems": [],
+             "data": {"counts": counts, "dead_letters": letters}}
+    return report_html.render(facts)
+
+
+def test_the_html_data_section_has_a_row_per_source_and_the_dead_letters_say_theirs():
+    letters = [{"line": 5, "fname": "a.wav", "stage": "read", "reason": "missing_file", "detail": "gone",
+                "source": "noisy"}]
+    page = _page(PER_SOURCE, letters)
+    assert ('<table class="per-source"><thead><tr><th>source</th><th>rows</th><th>examples</th><th>train</th>'
+            '<th>eval</th><th>dead letters</th></tr></thead><tbody><tr><td>curated</td><td>39</td><td>30</td>'
+            '<td>27</td><td>3</td><td>9</td></tr><tr><td>noisy</td><td>23</td><td>20</td><td>20</td><td>0</td>'
+            '<td>3</td></tr></tbody></table>') in page
+    assert "<th>line</th><th>source</th><th>fname</th>" in page and "<td>5</td><td>noisy</td><td>a.wav</td>" in page
+    one = _page({"curated": PER_SOURCE["curated"]}, [dict(letters[0], source="curated")])
+    assert "per-source" not in one and "<th>source</th>" not in one
+    assert "<th>line</th><th>fname</th><th>stage</th>" in one
+    assert "rows in the CSVs" in page and "rows in the CSV " in one
+
+
+def test_the_page_shows_the_first_dead_letters_of_each_source(tmp_path):
+    letters = [{"line": i, "fname": f"c{i}.wav", "stage": "csv", "reason": "r", "detail": "", "source": "curated"}
+               for i in range(20)] + [{"line": 2, "fname": "n.wav", "stage": "csv", "reason": "r", "detail": "",
+                                       "source": "noisy"}]
+    (tmp_path / "dead_letters.jsonl").write_text("".join(json.dumps(x) + "\n" for x in letters))
+    shown = report_html._dead_letters(str(tmp_path), limit=8)
+    assert [x["fname"] for x in shown] == [f"c{i}.wav" for i in range(8)] + ["n.wav"]
+
