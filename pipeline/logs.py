@@ -55,7 +55,8 @@ NOISE = re.compile(rf"^(?:{_NATIVE}.*"
 NO_GPU_NOISE = re.compile(r"^E\d{4} \d\d:\d\d:[\d.]+ +\d+ cuda_platform\.cc:\d+\] failed call to cuInit: ")
 
 _FILTER = """
-import re, sys
+import re, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C stops the command; the filter drains to EOF
 noise = [re.compile(p) for p in sys.argv[1:]]
 out = sys.stdout.buffer
 for line in sys.stdin.buffer:
