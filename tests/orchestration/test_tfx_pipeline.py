@@ -309,6 +309,13 @@ def test_a_refused_runs_report_says_why_and_fatp_report_rewrites_any_past_run(ro
     assert open(page).read() == open(root / "pipeline" / "reports" / "latest.html").read()
     dom, requests = _looked_at(page, tmp_path)
     assert requests == [] and re.search(r'id="verdict"[^>]*>NOT BLESSED<', dom)
+    from tests import browser                      # the request check can fail: a page that fetches is caught
+    canary = tmp_path / "canary.html"
+    canary.write_text('<!doctype html><p>canary</p><img src="https://cdn.example.org/x.png">'
+                      '<link rel="stylesheet" href="http://fonts.example.net/a.css">')
+    (tmp_path / "canary").mkdir()
+    caught = browser.page_requests(str(canary), str(tmp_path / "canary"))
+    assert "CONNECT cdn.example.org:443" in caught and "GET http://fonts.example.net/a.css" in caught
     assert "is below min_lwlrap 1.01" in dom and "not pushed: the model was not blessed" in dom
     first_page = _report_of(first[1])
     os.remove(first_page)                          # a past run's page, written again from MLMD alone
