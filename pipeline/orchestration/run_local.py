@@ -151,9 +151,13 @@ def _quiet(level: str) -> None:
     """TFX, Beam and TensorFlow log every step at INFO; the report at the end is what a user reads
     (the Trainer's per-epoch lines stay: they are the progress of the long step)."""
     logs.setup(logging.INFO)
-    for name in ("absl", "apache_beam", "tensorflow", "tfx", "ml_metadata"):
+    # "": records libraries log on the root logger itself (tfx-bsl's "Reading from pattern ...",
+    # Beam's "Resource module is not available ..."); a filter there sees only those, not the
+    # records other loggers pass up to the root's handlers
+    for name in ("absl", "apache_beam", "tensorflow", "tfx", "ml_metadata", ""):
         logger = logging.getLogger(name)
-        logger.setLevel(level.upper())
+        if name:
+            logger.setLevel(level.upper())
         for old in [f for f in logger.filters if isinstance(f, _AtLeast)]:   # an earlier run's, in-process
             logger.removeFilter(old)
         logger.addFilter(_AtLeast(logging.getLevelName(level.upper())))

@@ -416,6 +416,7 @@ def test_a_run_killed_during_training_resumes_with_the_finished_components(tmp_p
     assert re.search(r"\[\d+/\d+\] Pusher: executed in \d+ s", log_text)
     assert re.search(r"epoch \d+/40 \(\d+ steps\): loss [\d.]+, .*val_lwlrap [\d.]+ \(best [\d.]+ at epoch \d+\); [\d.]+ s/epoch", log_text)
     assert "oneDNN custom operations" not in log_text and "cuInit" not in log_text
+    assert "Reading from pattern" not in log_text and "Resource module" not in log_text   # root-logger chatter
     store = run_report.open_store(str(tmp_path / "pipeline" / "metadata.sqlite"))
     runs = {r.component: r for r in run_report.component_runs(store, NAME, run_report.latest_run_id(store, NAME))}
     resumed = {c: r.state for c, r in runs.items()}
