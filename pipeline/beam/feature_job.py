@@ -102,7 +102,8 @@ def per_source(shards: dict, dead: dict, rows_by_source: dict, sources: list[str
     return out
 
 
-def _write_manifest(_, shards: dict, dead: dict, rows_by_source: dict, static: dict, output_dir: str) -> dict:
+def _write_manifest(_, shards: dict, dead: dict, rows_by_source: dict, labels_written: dict, static: dict,
+                    vocabulary: list[str], output_dir: str) -> dict:
     """The last write of a run: counts that reconcile, and the status that readers trust."""
     input_rows = sum(rows_by_source.values())
     written = sum(s["records"] for s in shards.values())
@@ -136,6 +137,8 @@ def _write_manifest(_, shards: dict, dead: dict, rows_by_source: dict, static: d
             "failed_by_reason": dead["by_reason"],
             "failed_by_stage": dead["by_stage"],
             "per_source": sources,
+            # clips per label among the written examples (the run report's label counts)
+            "per_label": {name: labels_written.get(k, 0) for k, name in enumerate(vocabulary)},
         },
         "error_ratio": ratio,
         "splits": shards,
@@ -163,10 +166,13 @@ def build(p: beam.Pipeline, spec: JobSpec) -> beam.PCollection:
     rows_by_source = ((rows["rows"] | "RowSource" >> beam.Map(lambda r: r.source),
                        rows[bt.DEAD] | "DeadRowSource" >> beam.Map(lambda d: d["source"]))
                       | "AllRows" >> beam.Flatten() | "CountRows" >> beam.combiners.Count.PerElement())
+    labels_written = (feats["mels"] | "WrittenLabels" >> beam.FlatMap(lambda clip_mel: clip_mel[0].row.labels)
+                      | "CountLabels" >> beam.combiners.Count.PerElement())
     return (p | "ManifestTrigger" >> beam.Create([None])
             | "WriteManifest" >> beam.Map(_write_manifest, beam.pvalue.AsSingleton(shards),
                                           beam.pvalue.AsSingleton(dead), beam.pvalue.AsDict(rows_by_source),
-                                          _static_manifest(spec), spec.output_dir))
+                                          beam.pvalue.AsDict(labels_written), _static_manifest(spec),
+                                          spec.vocabulary if spec.mode == "train" else [], spec.output_dir))
 
 
 def make_spec(*, output_dir: str, cfg: config_lib.FeatureConfig, data_dir: str | None = None, mode: str = "train",

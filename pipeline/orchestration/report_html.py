@@ -5,7 +5,7 @@
 Everything in it is read back from ML Metadata and the artifacts the run recorded, not from the
 run's memory, so `fatp-report` writes it as well for a past run or a cached one. It shows the
 components (state, executed or cached, time), the data (rows, examples per split, and per source
-when the job read train_noisy.csv too, dead letters by reason with their first rows, clips per label, clip durations from StatisticsGen, ExampleValidator's
+when the job read train_noisy.csv too, dead letters by reason with their first rows, clips per label (the job's manifest), clip durations from StatisticsGen, ExampleValidator's
 anomalies), training (loss and lwlrap per epoch, best epoch, time), the decision (candidate lwlrap
 with its interval against the bar and the baseline, BLESSED or NOT BLESSED and why, per-class
 lwlrap of both, worst first), the push, the lineage back to the data folder, and the lwlrap of
@@ -68,23 +68,6 @@ def _dead_letters(examples_uri: str, limit: int = 8) -> list[dict]:
             if n <= limit:
                 shown.append(letter)
     return shown
-
-
-def _label_counts(examples_uri: str, manifest: dict) -> dict[str, int]:
-    """Clips per label in the written examples (train and eval), by label name."""
-    import tensorflow as tf
-
-    from pipeline.data import example_schema
-
-    labels = fileio.read_text(fileio.join(examples_uri, manifest["labels"]["file"])).split()
-    counts = dict.fromkeys(labels, 0)
-    files = [fileio.join(examples_uri, f["path"]) for split in manifest["splits"].values() for f in split["files"]]
-    spec = {example_schema.LABELS: tf.io.VarLenFeature(tf.int64)}
-    for path in files:
-        for record in tf.data.TFRecordDataset(path, compression_type="GZIP" if path.endswith(".gz") else ""):
-            for k in tf.io.parse_single_example(record, spec)[example_schema.LABELS].values.numpy():
-                counts[labels[k]] += 1
-    return counts
 
 
 def _durations(statistics_uri: str) -> dict | None:
@@ -172,8 +155,7 @@ def collect(store, pipeline_name: str, run_id: str) -> dict:
         facts["data"] = {"uri": examples.uri, "data_dir": prop(gen.execution, "data_dir"),
                          "fingerprint": prop(examples, "input_fingerprint"), "counts": manifest.get("counts", {}),
                          "dead_letters": _dead_letters(examples.uri)}
-        if manifest.get("splits"):
-            facts["data"]["labels"] = attempt("label counts", lambda: _label_counts(examples.uri, manifest))
+        facts["data"]["labels"] = manifest.get("counts", {}).get("per_label")   # None: a job before it counted
     if "StatisticsGen" in runs and _first(runs["StatisticsGen"], "statistics") is not None:
         facts["durations"] = attempt("clip durations", lambda: _durations(_first(runs["StatisticsGen"], "statistics").uri))
     if "ExampleValidator" in runs and _first(runs["ExampleValidator"], "anomalies") is not None:

@@ -143,6 +143,17 @@ def test_split_is_the_fname_hash(first):
             assert bt.split_of(f.decode(), 0.1) == split
 
 
+def test_the_manifest_counts_the_written_clips_of_each_label(first, data):
+    """What the run report shows as clips per label: every label of the vocabulary, with the number
+    of written examples that carry it."""
+    vocabulary = (first.out / "labels.txt").read_text().split()
+    want = collections.Counter(vocabulary[int(k)] for split in first.records.values()
+                               for k in parse(split)["labels"].values.numpy())
+    per_label = first.manifest["counts"]["per_label"]
+    assert list(per_label) == vocabulary and per_label == {v: want.get(v, 0) for v in vocabulary}
+    assert sum(per_label.values()) > first.manifest["counts"]["written"] > 0     # multi-label clips
+
+
 def test_dead_letters(first, data):
     """Exactly the broken inputs, each with its reason, stage and the CSV line it came from."""
     path = first.out / "dead_letters.jsonl"
@@ -310,7 +321,8 @@ def test_test_mode(data, tmp_path):
     assert m["counts"] == {"input_rows": 10, "written": 10, "failed": 0, "per_split": {"test": 10},
                            "failed_by_reason": {}, "failed_by_stage": {},
                            "per_source": {"test": {"input_rows": 10, "written": 10, "failed": 0,
-                                                   "per_split": {"test": 10}}}}
+                                                   "per_split": {"test": 10}}},
+                           "per_label": {}}                 # unlabelled clips: no label counts
     assert m["sources"] == ["test"]
     p = parse(res.records["test"])
     assert sorted(f.decode() for f in p["fname"].numpy()) == sorted(f for f, _ in data.test)
