@@ -19,7 +19,6 @@ script, and a Content-Security-Policy that lets the page fetch nothing.
 from __future__ import annotations
 
 import argparse
-import csv
 import html
 import io
 import json
@@ -29,6 +28,7 @@ import re
 import sys
 
 from pipeline import fileio
+from pipeline.data import job_output as output
 from pipeline.orchestration import run_report
 from pipeline.orchestration.run_report import prop
 
@@ -42,10 +42,6 @@ CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
 def _duration_s(execution) -> float:
     return max(execution.last_update_time_since_epoch - execution.create_time_since_epoch, 0) / 1000.0
-
-
-def _first(run, key):
-    return (run.outputs.get(key) or run.inputs.get(key) or [None])[0]
 
 
 def _read_json(path: str):
@@ -96,15 +92,10 @@ def _durations(statistics_uri: str) -> dict | None:
 
 def _history(model_run_uri: str) -> dict[str, list[float]]:
     """Every epoch's figures (history.csv spans restarts; results.json holds the last attempt's)."""
-    path = fileio.join(model_run_uri, "history.csv")
-    try:
-        rows = list(csv.DictReader(io.StringIO(fileio.read_text(path))))
-    except FileNotFoundError:
-        rows = []
-    if rows:
-        return {k: [float(r[k]) for r in rows if r.get(k)] for k in rows[0] if k != "epoch"}
+    from pipeline.training.train import full_history
+
     results = _read_json(fileio.join(model_run_uri, "results.json")) or {}
-    return results.get("history", {})
+    return full_history(model_run_uri, results.get("history", {}))
 
 
 def _evaluations(store, pipeline_name: str) -> list[dict]:
@@ -115,7 +106,7 @@ def _evaluations(store, pipeline_name: str) -> list[dict]:
     runs = sorted(store.get_contexts_by_type("pipeline_run"), key=lambda c: (c.create_time_since_epoch, c.id))
     for context in runs:
         for run in run_report.component_runs(store, pipeline_name, context.name):
-            evaluation, blessing = _first(run, "evaluation"), _first(run, "blessing")
+            evaluation, blessing = run.artifact("evaluation"), run.artifact("blessing")
             if run.component != "Evaluator" or evaluation is None or evaluation.id in seen:
                 continue
             seen.add(evaluation.id)
@@ -123,7 +114,7 @@ def _evaluations(store, pipeline_name: str) -> list[dict]:
                 lwlrap = lwlrap_tfma.evaluation_metrics(evaluation.uri)["candidate"]
             except Exception:  # noqa: BLE001 -- an unreadable old evaluation is one missing point
                 lwlrap = None
-            model = _first(run, "model")
+            model = run.artifact("model")
             out.append({"run": context.name, "lwlrap": lwlrap, "blessed": prop(blessing, "blessed") == 1,
                         "model_id": model.id if model is not None else None})
     return out
@@ -149,45 +140,45 @@ def collect(store, pipeline_name: str, run_id: str) -> dict:
             return None
 
     gen = runs.get("AudioExampleGen")
-    examples = _first(gen, "examples") if gen else None
+    examples = gen.artifact("examples") if gen else None
     if examples is not None:
-        manifest = _read_json(fileio.join(examples.uri, "manifest.json")) or {}
+        manifest = output.read_manifest(examples.uri) or {}
         facts["data"] = {"uri": examples.uri, "data_dir": prop(gen.execution, "data_dir"),
                          "fingerprint": prop(examples, "input_fingerprint"), "counts": manifest.get("counts", {}),
                          "dead_letters": _dead_letters(examples.uri)}
         facts["data"]["labels"] = manifest.get("counts", {}).get("per_label")   # None: a job before it counted
-    if "StatisticsGen" in runs and _first(runs["StatisticsGen"], "statistics") is not None:
-        facts["durations"] = attempt("clip durations", lambda: _durations(_first(runs["StatisticsGen"], "statistics").uri))
-    if "ExampleValidator" in runs and _first(runs["ExampleValidator"], "anomalies") is not None:
-        facts["anomalies"] = attempt("anomalies", lambda: run_report._anomalies(_first(runs["ExampleValidator"], "anomalies").uri))
+    if "StatisticsGen" in runs and runs["StatisticsGen"].artifact("statistics") is not None:
+        facts["durations"] = attempt("clip durations", lambda: _durations(runs["StatisticsGen"].artifact("statistics").uri))
+    if "ExampleValidator" in runs and runs["ExampleValidator"].artifact("anomalies") is not None:
+        facts["anomalies"] = attempt("anomalies", lambda: run_report.anomalies(runs["ExampleValidator"].artifact("anomalies").uri))
     trainer = runs.get("Trainer")
-    if trainer is not None and _first(trainer, "model_run") is not None:
-        uri = _first(trainer, "model_run").uri
+    if trainer is not None and trainer.artifact("model_run") is not None:
+        uri = trainer.artifact("model_run").uri
         facts["training"] = {"history": attempt("training history", lambda: _history(uri)) or {},
                              "results": _read_json(fileio.join(uri, "results.json")) or {}}
     ev = runs.get("Evaluator")
-    if ev is not None and _first(ev, "evaluation") is not None and _first(ev, "blessing") is not None:
-        blessing = _first(ev, "blessing")
+    if ev is not None and ev.artifact("evaluation") is not None and ev.artifact("blessing") is not None:
+        blessing = ev.artifact("blessing")
         cfg = config_lib.from_text(prop(ev.execution, evaluator.BLESSING_CONFIG) or "", config_lib.BlessingConfig)
         labels = None
-        model = _first(ev, "model")
+        model = ev.artifact("model")
         if model is not None:
             labels = attempt("labels", lambda: fileio.read_text(
                 fileio.join(model.uri, "Format-Serving", "assets", "labels.txt")).split())
         facts["decision"] = {
-            "metrics": attempt("evaluation", lambda: lwlrap_tfma.evaluation_metrics(_first(ev, "evaluation").uri)) or {},
+            "metrics": attempt("evaluation", lambda: lwlrap_tfma.evaluation_metrics(ev.artifact("evaluation").uri)) or {},
             "per_class": attempt("per-class lwlrap",
-                                 lambda: lwlrap_tfma.per_class_metrics(_first(ev, "evaluation").uri)) or {},
+                                 lambda: lwlrap_tfma.per_class_metrics(ev.artifact("evaluation").uri)) or {},
             "labels": labels, "blessed": prop(blessing, "blessed") == 1,
             "reason": prop(blessing, evaluator.REASON), "baseline_note": prop(blessing, evaluator.BASELINE_NOTE),
             "min_lwlrap": cfg.min_lwlrap, "tolerance": cfg.baseline_tolerance, "confidence": cfg.confidence,
             "gate": config_lib.BlessingConfig.Gate.Name(cfg.gate)}
     pusher = runs.get("Pusher")
-    if pusher is not None and _first(pusher, "pushed_model") is not None:
-        pm = _first(pusher, "pushed_model")
+    if pusher is not None and pusher.artifact("pushed_model") is not None:
+        pm = pusher.artifact("pushed_model")
         facts["push"] = {"pushed": prop(pm, "pushed") == 1, "reused": prop(pm, "reused_version") == 1,
                          "destination": prop(pm, "pushed_destination"), "version": prop(pm, "pushed_version")}
-        start = pm.id if prop(pm, "pushed") == 1 else (_first(trainer, "model").id if trainer else None)
+        start = pm.id if prop(pm, "pushed") == 1 else (trainer.artifact("model").id if trainer else None)
         if start is not None:
             facts["lineage"] = attempt("lineage", lambda: _lineage(store, start))
     facts["history"] = attempt("evaluation history", lambda: _evaluations(store, pipeline_name)) or []

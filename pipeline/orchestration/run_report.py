@@ -48,6 +48,10 @@ class ComponentRun:
     outputs: dict = field(default_factory=dict)   # key -> [Artifact]
     inputs: dict = field(default_factory=dict)
 
+    def artifact(self, key: str):
+        """The first artifact under `key`, output or input (None when there is none)."""
+        return (self.outputs.get(key) or self.inputs.get(key) or [None])[0]
+
 
 def _artifacts_by_key(store, execution_id: int, kinds) -> dict:
     events = [e for e in store.get_events_by_execution_ids([execution_id]) if e.type in kinds]
@@ -117,7 +121,7 @@ def lineage(store, artifact_id: int) -> list[tuple[metadata_store_pb2.Execution,
 
 # ---------------------------------------------------------------------------------------------- figures
 
-def _anomalies(uri: str) -> dict:
+def anomalies(uri: str) -> dict:
     from tensorflow_metadata.proto.v0 import anomalies_pb2
 
     found = {}
@@ -173,7 +177,7 @@ def _per_source(examples) -> str:
 
 def describe(run: ComponentRun) -> str:
     """One line of figures for a component run (empty when there is nothing to say)."""
-    first = lambda key: (run.outputs.get(key) or run.inputs.get(key) or [None])[0]  # noqa: E731
+    first = run.artifact
     try:
         if run.component in ("AudioExampleGen", "TestExampleGen") and first("examples") is not None:
             ex = first("examples")
@@ -182,7 +186,7 @@ def describe(run: ComponentRun) -> str:
             return (f"{prop(ex, 'input_rows')} rows -> {prop(ex, 'written')} examples, "
                     f"{prop(ex, 'dead_letters')} dead letters ({detail}){_per_source(ex)}; {ex.uri}")
         if run.component == "ExampleValidator" and first("anomalies") is not None:
-            found = _anomalies(first("anomalies").uri)
+            found = anomalies(first("anomalies").uri)
             return "anomalies: " + ("; ".join(f"{s}: {', '.join(v)}" for s, v in found.items()) or "none")
         if run.component == "Trainer" and first("model_run") is not None:
             path = os.path.join(first("model_run").uri, "results.json")

@@ -184,16 +184,17 @@ def _evaluate(model, job: TrainJob, eval_ds) -> dict:
     return {"eval_lwlrap": float(acc.overall()), "eval_examples_positive_labels": int(np.sum(acc.count))}
 
 
-def _full_history(work_dir: str, this_run: dict) -> dict:
-    """Every epoch's logs, across restarts (history.csv is appended to by every resumed run)."""
+def full_history(work_dir: str, this_run: dict) -> dict:
+    """Every epoch's logs, across restarts (history.csv is appended to by every resumed run);
+    `this_run` when there is no history.csv (or it is empty). `work_dir` may be a URL."""
     import csv
+    import io
 
-    path = os.path.join(work_dir, "history.csv")
-    if not os.path.exists(path):
+    try:
+        rows = list(csv.DictReader(io.StringIO(fileio.read_text(fileio.join(work_dir, "history.csv")))))
+    except FileNotFoundError:
         return this_run
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return {k: [float(r[k]) for r in rows if r.get(k)] for k in (rows[0] if rows else {}) if k != "epoch"}
+    return {k: [float(r[k]) for r in rows if r.get(k)] for k in rows[0] if k != "epoch"} if rows else this_run
 
 
 def train(job: TrainJob) -> dict:
@@ -257,7 +258,7 @@ def _train(job: TrainJob, scratch: str | None) -> dict:
                "train_seconds": seconds, "history": history.history,
                "trainer_config": config_lib.to_dict(cfg)}
     if chief:
-        plots.training_curves(_full_history(job.work_dir, history.history),
+        plots.training_curves(full_history(job.work_dir, history.history),
                               os.path.join(plots.ensure_dir(os.path.join(job.work_dir, "plots")), "training_curves.png"))
         results.update(_evaluate(model, job, eval_ds))
     if job.export_base:  # every worker saves (collectives); non-chiefs into their scratch folder

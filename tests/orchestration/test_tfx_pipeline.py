@@ -99,28 +99,27 @@ class _Capture:
         sys.stdout, sys.stderr = self._saved
 
 
-@pytest.fixture(scope="module")
-def again(root, first):
+def _rerun(root, **over):
+    """Another run on the same pipeline root: (its _pipeline result, the serving tree before it)."""
     before = _tree(root / "serving")
     with _Capture() as cap:
-        result = _pipeline(cap, root, root / "data", min_lwlrap=0)
+        result = _pipeline(cap, root, root / "data", **over)
     return result, before
+
+
+@pytest.fixture(scope="module")
+def again(root, first):
+    return _rerun(root, min_lwlrap=0)
 
 
 @pytest.fixture(scope="module")
 def cached(root, again):
-    before = _tree(root / "serving")
-    with _Capture() as cap:
-        result = _pipeline(cap, root, root / "data", min_lwlrap=0)
-    return result, before
+    return _rerun(root, min_lwlrap=0)
 
 
 @pytest.fixture(scope="module")
 def refused(root, cached):
-    before = _tree(root / "serving")
-    with _Capture() as cap:
-        result = _pipeline(cap, root, root / "data", min_lwlrap=1.01)    # lwlrap <= 1: out of reach
-    return result, before
+    return _rerun(root, min_lwlrap=1.01)    # lwlrap <= 1: out of reach
 
 
 def test_first_run_blesses_and_pushes_a_model_that_scores(root, first):
