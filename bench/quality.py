@@ -4,6 +4,7 @@ on speakers the model never heard (speaker-held-out folds) and on a test split t
     .ci/inenv python bench/quality.py [--recipes default,seed,mlp] [--seeds 1234,7] [--epochs 30]
         [--folds george,jackson,nicolas,theo,shared] [--train_clips 800] [--test_clips 200]
         [--candidate NAME=PRESET:OVERRIDES ...] [--features FIELDS --work_dir DIR]
+        [--noisy 2000 [--noisy_label_error 0.3]]
 
 Folds (FSDD has four speakers):
 - `<speaker>` (speaker-held-out): `make_fat_dataset.py --speakers` the other three for training
@@ -17,6 +18,14 @@ train/eval split by file name; early stopping sees only the training speakers) a
 the test clips with their true labels. `--features` (FeatureConfig fields over the seed preset,
 e.g. "float64_stft: false") builds the folds with other features; each feature config needs its
 own --work_dir, and examples built with other features are refused.
+
+Noisy source (issue 22): `--noisy N` also builds each fold's training data with N noisy clips
+(`make_fat_dataset.py --noisy N`: louder background noise, a --noisy_label_error share of them with
+a wrong, missing or extra label; from the fold's training speakers only) into FOLD-.../noisyN/, and
+its examples with both sources. The recipes in NOISY_RECIPES (and `--candidate NAME=...` whose name
+ends in "+noisy") train on those; every other recipe on the curated examples, which the flag does
+not change (make_fat_dataset.py draws the noisy clips after the others; checked). Eval and test
+clips are curated.
 
 Recipes: "default" (TrainerConfig defaults as they are now), "seed" (`--preset seed`, the Kaggle kernel's recipe),
 "mlp" (mean, max and std of each mel band into a 2-layer MLP: no time modelling), the candidates
@@ -78,6 +87,14 @@ CANDIDATES = {
     # won: the default since 2026-11-29 (evening)
     "crnn8": ("default", "augment { mixup_alpha: 0.4 } model { conv_blocks: 2 conv_channels: 8 }"),
 }
+# Trained on the examples with the noisy clips (--noisy N); issue 22 §3's candidates.
+NOISY_RECIPES = {
+    "default+noisy": ("default", ""),                                         # whatever the default does with them
+    "full+noisy": ("default", "noisy { loss_weight: 1 batch_share: 0 }"),     # shuffled in, full weight
+    "w05s25+noisy": ("default", "noisy { loss_weight: 0.5 batch_share: 0.25 }"),
+    "s25+noisy": ("default", "noisy { loss_weight: 1 batch_share: 0.25 }"),
+    "w05s50+noisy": ("default", "noisy { loss_weight: 0.5 batch_share: 0.5 }"),
+}
 
 
 def run(cmd: list[str]) -> float:
@@ -116,25 +133,39 @@ def beam(data: str, out: str, features: str, *args: str) -> None:
                  f"built with (fields over the defaults):\n{built}Give each feature config its own --work_dir.")
 
 
-def prepare(work: str, fold: str, train_clips: int, test_clips: int, features: str = "") -> tuple[str, str]:
-    """(train examples, test examples) of a fold, built once."""
+def prepare(work: str, fold: str, train_clips: int, test_clips: int, features: str = "", noisy: int = 0,
+            noisy_label_error: float = 0.3) -> tuple[str, str | None, str]:
+    """(train examples, train examples with `noisy` noisy clips or None, test examples) of a fold,
+    built once."""
     base = os.path.join(work, f"{fold}-{train_clips}x{test_clips}")
     examples, test_examples = os.path.join(base, "examples"), os.path.join(base, "test_examples")
     if fold == "shared":
         data = test_data = os.path.join(base, "data")
-        make_fat(data, "--train", str(train_clips), "--test", str(test_clips), "--seed", "7")
+        train_args = ["--train", str(train_clips), "--test", str(test_clips), "--seed", "7"]
+        make_fat(data, *train_args)
     else:
         data, test_data = os.path.join(base, "train_data"), os.path.join(base, "test_data")
         others = ",".join(s for s in SPEAKERS if s != fold)
-        make_fat(data, "--speakers", others, "--train", str(train_clips), "--test", "0", "--seed", "7",
-                 "--formats", MIXED_FORMATS)
+        train_args = ["--speakers", others, "--train", str(train_clips), "--test", "0", "--seed", "7",
+                      "--formats", MIXED_FORMATS]
+        make_fat(data, *train_args)
         make_fat(test_data, "--speakers", fold, "--train", "0", "--test", str(test_clips), "--seed", "8",
                  "--formats", MIXED_FORMATS)
-    beam(data, examples, features, "--data_dir", data)
+    beam(data, examples, features, "--data_dir", data, "--no_noisy")
     # the test clips with their (normally secret) labels; eval_ratio 0 puts them all in "train"
     beam(data, test_examples, features, "--csv", os.path.join(test_data, "test_labels.csv"), "--audio_dir",
          os.path.join(test_data, "test"), "--eval_ratio", "0")
-    return examples, test_examples
+    noisy_examples = None
+    if noisy:
+        nbase = os.path.join(base, f"noisy{noisy}-e{noisy_label_error:g}")
+        ndata, noisy_examples = os.path.join(nbase, "data"), os.path.join(nbase, "examples")
+        make_fat(ndata, *train_args, "--noisy", str(noisy), "--noisy_label_error", str(noisy_label_error))
+        for name in ("train_curated.csv", "sample_submission.csv"):
+            with open(os.path.join(data, name)) as a, open(os.path.join(ndata, name)) as b:
+                if a.read() != b.read():
+                    sys.exit(f"{ndata}/{name} differs from {data}/{name}: --noisy changed the curated clips")
+        beam(ndata, noisy_examples, features, "--data_dir", ndata, "--noisy")
+    return examples, noisy_examples, test_examples
 
 
 def test_set(test_examples: str):
@@ -230,7 +261,10 @@ def config_changes(out: str, preset: str, overrides: str, epochs: int, seed: int
 def one_run(recipe: str, spec: tuple[str, str] | None, seed: int, fold: str, args, data: dict) -> dict:
     from pipeline.metrics import lwlrap
 
-    out = os.path.join(args.work_dir, "runs", recipe, str(seed), f"{fold}-{args.train_clips}x{args.test_clips}-e{args.epochs}")
+    noisy = recipe.endswith("+noisy")
+    tail = f"-n{args.noisy}e{args.noisy_label_error:g}" if noisy else ""
+    out = os.path.join(args.work_dir, "runs", recipe, str(seed),
+                       f"{fold}-{args.train_clips}x{args.test_clips}{tail}-e{args.epochs}")
     path = os.path.join(out, "score.json")
     if not args.fresh and os.path.exists(path):
         with open(path) as f:
@@ -242,7 +276,8 @@ def one_run(recipe: str, spec: tuple[str, str] | None, seed: int, fold: str, arg
             sys.exit(f"{path}: {recipe} now resolves to another TrainerConfig than the cached run was trained "
                      f"with ({'; '.join(changed)}), e.g. after a default changed; --fresh trains it again")
         return cached
-    examples, (raw, truth, mels) = data[fold]
+    curated_examples, noisy_examples, (raw, truth, mels) = data[fold]
+    examples = noisy_examples if noisy else curated_examples
     if recipe == "mlp":
         s = mlp_baseline(examples, mels, truth, args.epochs, seed)
     else:
@@ -251,6 +286,8 @@ def one_run(recipe: str, spec: tuple[str, str] | None, seed: int, fold: str, arg
         s = {"test_lwlrap": float(lwlrap.lwlrap(truth, score_saved_model(r["export_path"], raw))),
              "eval_lwlrap": r["eval_lwlrap"], "fit_s": r["train_seconds"], "cpu_s": r["cpu_seconds"],
              "epochs_run": r["epochs_run"], "preset": preset, "overrides": overrides}
+    if noisy:
+        s.update(noisy_clips=args.noisy, noisy_label_error=args.noisy_label_error)
     s.update(recipe=recipe, seed=seed, fold=fold, test_clips=len(raw), epochs=args.epochs,
              load_avg=os.getloadavg()[0])
     os.makedirs(out, exist_ok=True)
@@ -316,9 +353,12 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="suffix of the JSON written to bench/out/")
     ap.add_argument("--features", default="", help="FeatureConfig fields (text proto) over the seed preset for "
                     "the folds' examples, e.g. 'float64_stft: false'; each feature config needs its own --work_dir")
+    ap.add_argument("--noisy", type=int, default=0, help="noisy clips per fold for the +noisy recipes "
+                    "(make_fat_dataset.py --noisy)")
+    ap.add_argument("--noisy_label_error", type=float, default=0.3, help="share of noisy clips with corrupted labels")
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    candidates = dict(CANDIDATES)
+    candidates = {**CANDIDATES, **NOISY_RECIPES}
     for c in args.candidate:
         name, _, spec = c.partition("=")
         preset, _, overrides = spec.partition(":")
@@ -329,10 +369,13 @@ def main() -> None:
         f for f in folds if f != "shared" and f not in SPEAKERS]
     if unknown:
         sys.exit(f"unknown recipes/folds {unknown}; recipes: mlp, {sorted(candidates)}; folds: {SPEAKERS}, shared")
+    if not args.noisy and any(r.endswith("+noisy") for r in recipes):
+        sys.exit("the +noisy recipes train on noisy clips: give --noisy N")
     data = {}
     for fold in folds:
-        examples, test_examples = prepare(args.work_dir, fold, args.train_clips, args.test_clips, args.features)
-        data[fold] = (examples, None if args.prepare_only else test_set(test_examples))
+        examples, noisy_examples, test_examples = prepare(args.work_dir, fold, args.train_clips, args.test_clips,
+                                                          args.features, args.noisy, args.noisy_label_error)
+        data[fold] = (examples, noisy_examples, None if args.prepare_only else test_set(test_examples))
     if args.prepare_only:
         return
     runs = []

@@ -25,6 +25,7 @@ from pipeline.protos import (evaluator_config_pb2, example_gen_config_pb2, featu
 FeatureConfig = feature_config_pb2.FeatureConfig
 TrainerConfig = trainer_config_pb2.TrainerConfig
 AugmentConfig = trainer_config_pb2.AugmentConfig
+NoisyConfig = trainer_config_pb2.NoisyConfig
 ServingConfig = serving_config_pb2.ServingConfig
 BlessingConfig = evaluator_config_pb2.BlessingConfig
 AudioExampleGenConfig = example_gen_config_pb2.AudioExampleGenConfig
@@ -151,6 +152,11 @@ def validate_trainer(cfg: TrainerConfig) -> None:
         problems.append("augment.mixup_alpha must be >= 0")
     if not 0 <= cfg.augment.freq_warp < 0.5:
         problems.append("augment.freq_warp must be in [0, 0.5)")
+    if not cfg.noisy.loss_weight > 0:
+        problems.append("noisy.loss_weight must be > 0 (to train on curated clips only, run the feature job "
+                        "with --no_noisy)")
+    if not 0 <= cfg.noisy.batch_share < 1:
+        problems.append("noisy.batch_share must be in [0, 1)")
     if problems:
         raise ValueError("invalid TrainerConfig: " + "; ".join(problems))
 

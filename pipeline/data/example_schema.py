@@ -86,5 +86,12 @@ def parse_spec(mel_shape: tuple[int, int], with_source: bool = False) -> dict:
         SOURCE_SECONDS: tf.io.FixedLenFeature([], tf.float32, default_value=0.0),
     }
     if with_source:
-        spec[SOURCE] = tf.io.FixedLenFeature([], tf.string, default_value=CURATED)
+        spec.update(source_spec())
     return spec
+
+
+def source_spec() -> dict:
+    """The spec of `source` alone: b"curated" where an Example has none (a one-source job's)."""
+    import tensorflow as tf
+
+    return {SOURCE: tf.io.FixedLenFeature([], tf.string, default_value=CURATED)}

@@ -9,6 +9,11 @@ Training may read in non-deterministic order (faster; `deterministic` fixes it);
 the files' order.
 Frequency warping (VTLP), SpecAugment masks and mixup (AugmentConfig; the default recipe uses
 mixup only) apply to training batches only, in that order.
+
+Examples with noisy clips (FAT2019's train_noisy; NoisyConfig): with `noisy.batch_share` > 0 the
+training records split by source after the interleave, each source is shuffled and repeated on
+its own and every example is drawn from the noisy one with that probability; a noisy loss weight
+other than 1 makes training batches (mel, labels, weight), which mixup mixes like the labels.
 """
 from __future__ import annotations
 
@@ -20,7 +25,8 @@ from pipeline.data import example_schema as examples
 from pipeline.features import feature_fn as features
 from pipeline.data import job_output as output
 from pipeline.data import tfrecord
-from pipeline.config import AugmentConfig, FeatureConfig
+from pipeline.data import kaggle_layout
+from pipeline.config import AugmentConfig, FeatureConfig, NoisyConfig
 
 WARP_LEVELS = 21   # warp factors drawn from this many evenly spaced values in [1 - w, 1 + w]
 
@@ -35,10 +41,25 @@ def split_files(examples_dir: str, split: str, manifest: dict | None = None) -> 
     return [fileio.join(examples_dir, f["path"]) for f in info["files"]], info["records"]
 
 
-def _parse_batch(serialized, mel_shape, num_classes):
-    parsed = tf.io.parse_example(serialized, examples.parse_spec(mel_shape))
-    labels = tf.sparse.to_indicator(parsed[examples.LABELS], num_classes)
-    return parsed[examples.MEL], tf.cast(labels, tf.float32)
+def _parse_batch(serialized, mel_shape, num_classes, noisy_weight: float | None = None):
+    """(mel, multi-hot labels), and each example's loss weight when `noisy_weight` is given."""
+    parsed = tf.io.parse_example(serialized, examples.parse_spec(mel_shape, with_source=noisy_weight is not None))
+    labels = tf.cast(tf.sparse.to_indicator(parsed[examples.LABELS], num_classes), tf.float32)
+    if noisy_weight is None:
+        return parsed[examples.MEL], labels
+    weight = tf.where(tf.equal(parsed[examples.SOURCE], kaggle_layout.NOISY), noisy_weight, 1.0)
+    return parsed[examples.MEL], labels, weight
+
+
+def _is_noisy(serialized):
+    return tf.equal(tf.io.parse_single_example(serialized, examples.source_spec())[examples.SOURCE],
+                    kaggle_layout.NOISY)
+
+
+def epoch_batches(curated: int, share: float, batch_size: int) -> int:
+    """Training batches of an epoch that draws each of `curated` clips once on average when a
+    `share` of every batch's examples is drawn from the noisy clips."""
+    return max(1, int(np.ceil(curated / (batch_size * (1.0 - share)))))
 
 
 def spec_augment(mel: tf.Tensor, cfg: AugmentConfig, seed: tf.Tensor) -> tf.Tensor:
@@ -81,27 +102,34 @@ def freq_warp(mel: tf.Tensor, matrices: tf.Tensor, seed: tf.Tensor) -> tf.Tensor
     return tf.einsum("btm,bmn->btn", mel, tf.gather(matrices, pick))
 
 
-def mixup(mel: tf.Tensor, labels: tf.Tensor, alpha: float, seed: tf.Tensor):
-    """Convex combinations of each example with a shuffled partner; labels mix the same way."""
+def mixup(mel: tf.Tensor, labels: tf.Tensor, alpha: float, seed: tf.Tensor, weight: tf.Tensor | None = None):
+    """Convex combinations of each example with a shuffled partner; labels (and loss weights, when
+    given: then a third output) mix the same way."""
     s = tf.random.experimental.stateless_split(seed, 3)
     g1 = tf.random.stateless_gamma([tf.shape(mel)[0]], s[0], alpha)
     g2 = tf.random.stateless_gamma([tf.shape(mel)[0]], s[1], alpha)
     lam = g1 / (g1 + g2)
     perm = tf.argsort(tf.random.stateless_uniform([tf.shape(mel)[0]], s[2]))
     mix = lambda a, l: l * a + (1.0 - l) * tf.gather(a, perm)  # noqa: E731
-    return mix(mel, lam[:, None, None]), mix(labels, lam[:, None])
+    if weight is None:
+        return mix(mel, lam[:, None, None]), mix(labels, lam[:, None])
+    return mix(mel, lam[:, None, None]), mix(labels, lam[:, None]), mix(weight, lam)
 
 
 def make_dataset(files: list[str], mel_shape: tuple[int, int], num_classes: int, batch_size: int, *,
                  training: bool, augment: AugmentConfig | None = None, shuffle_buffer: int = 2048,
                  seed: int = 1234, num_examples: int | None = None,
-                 feature_cfg: FeatureConfig | None = None, deterministic: bool = False) -> tf.data.Dataset:
+                 feature_cfg: FeatureConfig | None = None, deterministic: bool = False,
+                 noisy: NoisyConfig | None = None, curated_examples: int | None = None) -> tf.data.Dataset:
     """(mel [batch, frames, mels], multi-hot labels [batch, classes]) batches from TFRecord files.
 
     `num_examples` (from the manifest) declares the number of batches, so Keras shows progress
     from the first epoch and knows where an epoch ends. `feature_cfg` (the examples' manifest's)
     gives the mel bands' frequencies, which augment.freq_warp needs. `deterministic`: training
-    batches in the same order on every run with the same seed (evaluation's always are)."""
+    batches in the same order on every run with the same seed (evaluation's always are).
+    `noisy`: how to train on the noisy clips the files hold (None: there are none; evaluation
+    ignores it); with its batch_share > 0, `curated_examples` (the curated clips among the files)
+    sets the epoch's length."""
     if not files:
         raise ValueError("make_dataset needs at least one TFRecord file")
     ordered = deterministic or not training
@@ -113,17 +141,36 @@ def make_dataset(files: list[str], mel_shape: tuple[int, int], num_classes: int,
     ds = ds.interleave(lambda f, compression: tf.data.TFRecordDataset(f, compression_type=compression),
                        cycle_length=min(len(files), 8) if training else 1, num_parallel_calls=tf.data.AUTOTUNE,
                        deterministic=ordered)
-    if training:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, drop_remainder=False)
-    if num_examples is not None:
-        ds = ds.apply(tf.data.experimental.assert_cardinality(-(-num_examples // batch_size)))
-    ds = ds.map(lambda s: _parse_batch(s, mel_shape, num_classes), num_parallel_calls=tf.data.AUTOTUNE,
+    noisy = noisy if training else None
+    if noisy is not None and noisy.batch_share > 0:
+        if not curated_examples:
+            raise ValueError("noisy.batch_share needs the number of curated training clips (none given)")
+        ds = _sample_sources(ds, noisy.batch_share, shuffle_buffer, seed)
+        batches = epoch_batches(curated_examples, noisy.batch_share, batch_size)
+        ds = ds.batch(batch_size).take(batches).apply(tf.data.experimental.assert_cardinality(batches))
+    else:
+        if training:
+            ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        ds = ds.batch(batch_size, drop_remainder=False)
+        if num_examples is not None:
+            ds = ds.apply(tf.data.experimental.assert_cardinality(-(-num_examples // batch_size)))
+    weight = noisy.loss_weight if noisy is not None and noisy.loss_weight != 1 else None
+    ds = ds.map(lambda s: _parse_batch(s, mel_shape, num_classes, weight), num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=ordered)
     if training and augment is not None and (augment.time_masks or augment.freq_masks or augment.mixup_alpha
                                              or augment.freq_warp):
         ds = _augmented(ds, augment, seed, feature_cfg, ordered)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _sample_sources(records: tf.data.Dataset, share: float, shuffle_buffer: int, seed: int) -> tf.data.Dataset:
+    """Endless records, each from the noisy ones with probability `share`, else from the curated
+    ones; each source read, shuffled and repeated on its own (both must hold records)."""
+    streams = [records.filter(lambda s: tf.logical_not(_is_noisy(s))), records.filter(_is_noisy)]
+    streams = [s.shuffle(shuffle_buffer, seed=seed + k, reshuffle_each_iteration=True).repeat()
+               for k, s in enumerate(streams)]
+    return tf.data.Dataset.sample_from_datasets(streams, weights=[1.0 - share, share], seed=seed,
+                                                rerandomize_each_iteration=True)
 
 
 def _augmented(ds: tf.data.Dataset, cfg: AugmentConfig, seed: int, feature_cfg: FeatureConfig | None,
@@ -135,7 +182,7 @@ def _augmented(ds: tf.data.Dataset, cfg: AugmentConfig, seed: int, feature_cfg: 
         warps = tf.constant(freq_warp_matrices(features.mel_centers(feature_cfg), cfg.freq_warp))
 
     def augment(step, batch):
-        mel, labels = batch
+        mel, labels, weight = batch if len(batch) == 3 else (*batch, None)
         step_seed = tf.stack([tf.constant(seed, tf.int64), step])
         # one independent stream per augmentation (seeds that differ by a small offset could share draws)
         stream = lambda k: tf.random.experimental.stateless_fold_in(step_seed, k)  # noqa: E731
@@ -144,8 +191,8 @@ def _augmented(ds: tf.data.Dataset, cfg: AugmentConfig, seed: int, feature_cfg: 
         if cfg.time_masks or cfg.freq_masks:
             mel = spec_augment(mel, cfg, stream(1))
         if cfg.mixup_alpha > 0:
-            mel, labels = mixup(mel, labels, cfg.mixup_alpha, stream(2))
-        return mel, labels
+            return mixup(mel, labels, cfg.mixup_alpha, stream(2), weight)
+        return (mel, labels) if weight is None else (mel, labels, weight)
 
     # a counter gives each batch its own stateless seed: reproducible, no shared RNG state
     return ds.enumerate().map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered)

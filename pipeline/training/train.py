@@ -51,6 +51,22 @@ class TrainJob:
     data_id: str | None = None             # which Beam job output: its folder and manifest time (backups check it)
     serving_cfg: config_lib.ServingConfig = field(default_factory=config_lib.ServingConfig)   # the export's limits
     backup_dir: str | None = None          # where the backup lives (default WORK_DIR/backup; TFX: see run_fn)
+    train_sources: dict | None = None      # {source: clips} of the train files (None: unknown), from the manifest
+
+    @property
+    def noisy_clips(self) -> int:
+        return (self.train_sources or {}).get(kaggle_layout.NOISY, 0)
+
+    @property
+    def epoch_batches(self) -> int | None:
+        """Training batches per epoch at a global batch of `batch_size` (None: unknown)."""
+        return self.train_batches(self.cfg.batch_size)
+
+    def train_batches(self, global_batch: int) -> int | None:
+        if self.noisy_clips and self.cfg.noisy.batch_share > 0:
+            return dataset.epoch_batches(self.train_sources[kaggle_layout.CURATED], self.cfg.noisy.batch_share,
+                                         global_batch)
+        return -(-self.train_examples // global_batch) if self.train_examples else None
 
     @property
     def labels(self) -> list[str]:
@@ -76,10 +92,24 @@ def job_from_examples(examples_dir: str, cfg: config_lib.TrainerConfig, work_dir
     serving_cfg = serving_cfg or config_lib.ServingConfig()
     config_lib.validate_serving(serving_cfg, feature_cfg)
     return TrainJob(train_files=files[0], eval_files=files[1], train_examples=count(files[0]),
+                    train_sources=_train_sources(manifest, examples_dir, files[0]),
                     eval_examples=count(files[1]), mel_shape=tuple(manifest["example"]["mel_shape"]),
                     labels_path=fileio.join(examples_dir, manifest["labels"]["file"]), feature_cfg=feature_cfg,
                     cfg=cfg, work_dir=work_dir, export_base=export_base, export_version=export_version,
                     data_id=f"{examples_dir} {manifest.get('created', '')}", serving_cfg=serving_cfg)
+
+
+def _train_sources(manifest: dict, examples_dir: str, train_files: list[str]) -> dict | None:
+    """{source: clips} among `train_files`, which must then be the manifest's train split (the
+    counts are per split); None when the examples hold one source."""
+    sources = manifest["counts"].get("per_source") or {}
+    if set(sources) <= {kaggle_layout.CURATED}:
+        return None     # one source: nothing to tell apart (a job before sources were counted too)
+    split = manifest["splits"].get("train") or {"files": []}
+    if sorted(train_files) != sorted(fileio.join(examples_dir, f["path"]) for f in split["files"]):
+        raise ValueError(f"{examples_dir} holds clips of {len(sources)} sources ({', '.join(sorted(sources))}) and "
+                         f"its manifest counts them per split: train on its whole train split, not other files")
+    return {name: c["per_split"].get("train", 0) for name, c in sources.items()}
 
 
 def _tf_config() -> dict:
@@ -163,6 +193,17 @@ def _callbacks(job: TrainJob, scratch: str | None, replicas: int):
     return cbs, backup
 
 
+def _noisy_input(job: TrainJob) -> config_lib.NoisyConfig | None:
+    """How the training input treats noisy clips: None when the train files hold none."""
+    if not job.noisy_clips:
+        return None
+    n = job.cfg.noisy
+    log.info("training on %d curated + %d noisy clips: noisy loss weight %g, %s", job.train_sources.get(
+        kaggle_layout.CURATED, 0), job.noisy_clips, n.loss_weight, f"{n.batch_share:.0%} of each batch noisy, "
+        f"{job.epoch_batches} batches an epoch" if n.batch_share > 0 else "shuffled together with the curated")
+    return n
+
+
 def _evaluate(model, job: TrainJob, eval_ds) -> dict:
     """Exact lwlrap over the whole eval split, per class too, and the pictures."""
     from pipeline.metrics.lwlrap import LwlrapAccumulator
@@ -231,10 +272,12 @@ def _train(job: TrainJob, scratch: str | None) -> dict:
              replicas, type(strategy).__name__, global_batch, len(job.train_files), len(job.eval_files),
              "x".join(map(str, job.mel_shape)), num_classes)
     multi_worker = _num_workers() > 1   # the same count that chose the strategy (a chief is a worker too)
+    noisy = _noisy_input(job)
     make = lambda files, training, n: dataset.make_dataset(  # noqa: E731
         files, job.mel_shape, num_classes, global_batch, training=training, augment=cfg.augment,
         shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed, num_examples=None if multi_worker else n,
-        feature_cfg=job.feature_cfg, deterministic=cfg.deterministic_input)
+        feature_cfg=job.feature_cfg, deterministic=cfg.deterministic_input, noisy=noisy,
+        curated_examples=(job.train_sources or {}).get(kaggle_layout.CURATED))
     train_ds = make(job.train_files, True, job.train_examples)
     eval_ds = make(job.eval_files, False, job.eval_examples)
     if multi_worker:
@@ -243,7 +286,8 @@ def _train(job: TrainJob, scratch: str | None) -> dict:
         train_ds, eval_ds = train_ds.with_options(opts), eval_ds.with_options(opts)
     with strategy.scope():
         model = model_lib.build_model(job.mel_shape, num_classes, cfg)
-        steps = -(-job.train_examples // global_batch) * cfg.epochs if job.train_examples else None
+        batches = job.train_batches(global_batch)
+        steps = batches * cfg.epochs if batches else None
         model.compile(optimizer=model_lib.optimizer(cfg, steps), loss=model_lib.loss_fn(cfg),
                       metrics=[LwlrapMetric(num_classes, name="lwlrap")])
     chief = scratch is None

@@ -1,0 +1,158 @@
+"""Training on FAT2019's noisy clips (issue 22 §3, NoisyConfig): each noisy clip's loss weight, the
+share of each batch drawn from them and what an epoch is then; evaluation sees curated clips only.
+Real Examples: the demo layout with a train_noisy subset through the feature job (small preset)."""
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline import config
+from pipeline.data import job_output as output
+from pipeline.data import tfrecord
+from pipeline.training import dataset
+from pipeline.training import train
+from tests.conftest import MEL_SHAPE
+
+pytestmark = pytest.mark.slow
+
+CURATED, NOISY = 32, 48
+
+
+def _key(mel) -> str:
+    return hashlib.sha1(np.asarray(mel, np.float32).tobytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def noisy_examples(tmp_path_factory):
+    """(examples dir, manifest, {mel digest: source} of the train split)."""
+    from pipeline.beam import cli
+    from pipeline.data import demo_data
+
+    root = tmp_path_factory.mktemp("noisy_examples")
+    demo_data.generate(str(root / "data"), train=CURATED, test=2, seed=5, broken=False, noisy=NOISY)
+    out = root / "examples"
+    assert cli.run(["--data_dir", str(root / "data"), "--output_dir", str(out), "--preset", "small",
+                    "--eval_ratio", "0.25", "--log_level", "WARNING"]) == 0
+    manifest = output.require_complete(str(out))
+    sources = {}
+    for f in manifest["splits"]["train"]["files"]:
+        for rec in tf.data.TFRecordDataset(os.path.join(out, f["path"]),
+                                           compression_type=tfrecord.compression_type(f["path"])):
+            feat = tf.train.Example.FromString(rec.numpy()).features.feature
+            mel = np.asarray(feat["mel"].float_list.value, np.float32).reshape(MEL_SHAPE)
+            sources[_key(mel)] = feat["source"].bytes_list.value[0].decode()
+    return out, manifest, sources
+
+
+def _job(examples, cfg_text: str, tmp_path) -> train.TrainJob:
+    return train.job_from_examples(str(examples), config.trainer_config("small", cfg_text), str(tmp_path / "w"), None)
+
+
+def test_the_job_knows_each_source_of_the_train_split(noisy_examples, tmp_path):
+    out, manifest, sources = noisy_examples
+    job = _job(out, "", tmp_path)
+    counts = {s: list(sources.values()).count(s) for s in ("curated", "noisy")}
+    assert counts["noisy"] == NOISY and 0 < counts["curated"] < CURATED      # noisy clips all train, curated split
+    assert job.train_sources == counts
+    assert job.train_examples == len(sources) and job.epoch_batches == -(-len(sources) // 8)  # one pass over all
+    shared = _job(out, "noisy { batch_share: 0.5 }", tmp_path)
+    assert shared.epoch_batches == int(np.ceil(counts["curated"] / (8 * 0.5)))
+    # files other than the manifest's train split: its per-split counts do not describe them
+    with pytest.raises(ValueError, match="train on its whole train split"):
+        train.job_from_examples(str(out), config.trainer_config("small"), str(tmp_path / "w"), None,
+                                files=(shared.train_files + shared.eval_files, shared.eval_files))
+
+
+def test_one_source_examples_have_no_source_counts(train_examples, tmp_path):
+    job = _job(train_examples.out, "noisy { batch_share: 0.5 loss_weight: 0.3 }", tmp_path)
+    assert job.train_sources is None and job.noisy_clips == 0
+    assert job.epoch_batches == -(-job.train_examples // 8)            # the noisy settings change nothing
+
+
+def _batches(job: train.TrainJob, epochs: int, augment=None):
+    ds = dataset.make_dataset(job.train_files, job.mel_shape, len(job.labels), 8, training=True, augment=augment,
+                              shuffle_buffer=64, seed=3, num_examples=job.train_examples, noisy=job.cfg.noisy,
+                              curated_examples=job.train_sources["curated"])
+    return [[tuple(t.numpy() for t in b) for b in ds] for _ in range(epochs)]
+
+
+def test_a_batch_share_draws_that_share_of_noisy_clips_and_sets_the_epoch(noisy_examples, tmp_path):
+    out, _, sources = noisy_examples
+    job = _job(out, "noisy { batch_share: 0.25 }", tmp_path)
+    epochs = _batches(job, 6)
+    assert {len(e) for e in epochs} == {job.epoch_batches}
+    assert all(len(b) == 2 for e in epochs for b in e)                   # weight 1: no weights
+    drawn = [sources[_key(m)] for e in epochs for b in e for m in b[0]]
+    share = drawn.count("noisy") / len(drawn)
+    # 6 epochs x ~5 batches x 8: a binomial share of 0.25 lies within +-0.12 (> 4 standard deviations)
+    assert abs(share - 0.25) < 0.12, share
+    # each epoch draws about every curated clip (once on average): most of them are seen
+    curated_seen = {_key(m) for e in epochs[:1] for b in e for m in b[0] if sources[_key(m)] == "curated"}
+    assert len(curated_seen) > 0.5 * job.train_sources["curated"]
+    without = _job(out, "", tmp_path)      # share 0: both sources shuffled together, one pass an epoch
+    plain = [sources[_key(m)] for e in _batches(without, 1) for b in e for m in b[0]]
+    assert sorted(plain) == sorted(sources.values())
+
+
+def test_noisy_clips_carry_their_loss_weight_and_curated_ones_weight_1(noisy_examples, tmp_path):
+    out, _, sources = noisy_examples
+    job = _job(out, "noisy { loss_weight: 0.3 }", tmp_path)
+    (epoch,) = _batches(job, 1)
+    seen = {}
+    for mel, _, weight in epoch:
+        for m, w in zip(mel, weight):
+            seen[sources[_key(m)]] = seen.get(sources[_key(m)], set()) | {round(float(w), 6)}
+    assert seen == {"curated": {1.0}, "noisy": {0.3}}
+    # evaluation: the eval split (curated only), no weights whatever the config
+    ev = dataset.make_dataset(job.eval_files, job.mel_shape, len(job.labels), 8, training=False,
+                              noisy=job.cfg.noisy, curated_examples=job.train_sources["curated"])
+    assert all(len(b) == 2 for b in ev)
+
+
+def test_mixup_mixes_the_loss_weights_like_the_labels():
+    """Each example's mel is a constant c and its weight is c too: after mixup, every example's
+    weight must equal its mixed mel's constant (the same lambda and partner)."""
+    c = tf.constant([1.0, 0.3, 0.3, 1.0, 0.3, 1.0, 0.3, 0.3])
+    mel = tf.ones([8, 5, 4]) * c[:, None, None]
+    labels = tf.one_hot(tf.range(8) % 3, 3)
+    m, lab, w = dataset.mixup(mel, labels, 0.4, tf.constant([4, 2], tf.int64), weight=c)
+    np.testing.assert_allclose(w.numpy(), m.numpy()[:, 0, 0], rtol=1e-6)
+    assert np.ptp(w.numpy()) > 0 and not np.allclose(w.numpy(), c.numpy())   # mixed, and not all alike
+    m2, lab2 = dataset.mixup(mel, labels, 0.4, tf.constant([4, 2], tf.int64))
+    np.testing.assert_array_equal(m2.numpy(), m.numpy())                  # the weight changes no draw
+    np.testing.assert_array_equal(lab2.numpy(), lab.numpy())
+
+
+def test_train_on_noisy_examples_with_a_share_and_weight(noisy_examples, tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    out, _, _ = noisy_examples
+    job = _job(out, "epochs: 2 noisy { batch_share: 0.5 loss_weight: 0.5 } augment { mixup_alpha: 0.4 }", tmp_path)
+    with caplog.at_level("INFO", logger="fatp.train"):
+        res = train.train(job)
+    assert res["epochs_run"] == 2 and np.isfinite(res["history"]["loss"]).all()
+    assert f"noisy clips: noisy loss weight 0.5, 50% of each batch noisy, {job.epoch_batches} batches an epoch" \
+        in caplog.text
+    assert 0 <= res["eval_lwlrap"] <= 1
+
+
+@pytest.mark.parametrize("text,message", [
+    ("noisy { loss_weight: 0 }", "noisy.loss_weight must be > 0"),
+    ("noisy { batch_share: 1 }", r"noisy.batch_share must be in \[0, 1\)"),
+    ("noisy { batch_share: -0.1 }", r"noisy.batch_share must be in \[0, 1\)"),
+])
+def test_bad_noisy_settings_are_refused(text, message):
+    with pytest.raises(ValueError, match=message):
+        config.trainer_config("default", text)
+
+
+def test_a_share_without_curated_clips_counted_is_refused(noisy_examples):
+    out, _, _ = noisy_examples
+    files = [os.path.join(out, f["path"]) for f in output.require_complete(str(out))["splits"]["train"]["files"]]
+    with pytest.raises(ValueError, match="needs the number of curated training clips"):
+        dataset.make_dataset(files, MEL_SHAPE, 80, 8, training=True,
+                             noisy=config.trainer_config("small", "noisy { batch_share: 0.5 }").noisy)
+
