@@ -156,3 +156,21 @@ def test_a_share_without_curated_clips_counted_is_refused(noisy_examples):
         dataset.make_dataset(files, MEL_SHAPE, 80, 8, training=True,
                              noisy=config.trainer_config("small", "noisy { batch_share: 0.5 }").noisy)
 
+
+
+def test_the_tfx_run_fn_trains_with_the_sources_of_its_split_files(noisy_examples, tmp_path, monkeypatch, caplog):
+    """The TFX Trainer's run_fn globs the split's files itself: they are the manifest's train split,
+    so the per-source counts apply (and the share sets the epoch)."""
+    from tfx.components.trainer.fn_args_utils import FnArgs
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    out, _, sources = noisy_examples
+    fn_args = FnArgs(train_files=[str(out / "train" / "*")], eval_files=[str(out / "eval" / "*")],
+                     serving_model_dir=str(tmp_path / "model" / "Format-Serving"), model_run_dir=str(tmp_path / "run"),
+                     custom_config={"trainer_preset": "small", "trainer_config": "epochs: 1 noisy { batch_share: 0.5 }",
+                                    train.EXAMPLES_URI: str(out)})
+    with caplog.at_level("INFO", logger="fatp.train"):
+        train.run_fn(fn_args)
+    curated = list(sources.values()).count("curated")
+    assert (f"training on {curated} curated + {NOISY} noisy clips: noisy loss weight 1, 50% of each batch noisy, "
+            f"{int(np.ceil(curated / 4))} batches an epoch") in caplog.text
