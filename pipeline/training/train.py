@@ -57,12 +57,8 @@ class TrainJob:
     def noisy_clips(self) -> int:
         return (self.train_sources or {}).get(kaggle_layout.NOISY, 0)
 
-    @property
-    def epoch_batches(self) -> int | None:
-        """Training batches per epoch at a global batch of `batch_size` (None: unknown)."""
-        return self.train_batches(self.cfg.batch_size)
-
     def train_batches(self, global_batch: int) -> int | None:
+        """Training batches per epoch at `global_batch` (None: unknown)."""
         if self.noisy_clips and self.cfg.noisy.batch_share > 0:
             return dataset.epoch_batches(self.train_sources[kaggle_layout.CURATED], self.cfg.noisy.batch_share,
                                          global_batch)
@@ -193,14 +189,14 @@ def _callbacks(job: TrainJob, scratch: str | None, replicas: int):
     return cbs, backup
 
 
-def _noisy_input(job: TrainJob) -> config_lib.NoisyConfig | None:
+def _noisy_input(job: TrainJob, global_batch: int) -> config_lib.NoisyConfig | None:
     """How the training input treats noisy clips: None when the train files hold none."""
     if not job.noisy_clips:
         return None
     n = job.cfg.noisy
     log.info("training on %d curated + %d noisy clips: noisy loss weight %g, %s", job.train_sources.get(
         kaggle_layout.CURATED, 0), job.noisy_clips, n.loss_weight, f"{n.batch_share:.0%} of each batch noisy, "
-        f"{job.epoch_batches} batches an epoch" if n.batch_share > 0 else "shuffled together with the curated")
+        f"{job.train_batches(global_batch)} batches an epoch" if n.batch_share > 0 else "shuffled together with the curated")
     return n
 
 
@@ -272,7 +268,7 @@ def _train(job: TrainJob, scratch: str | None) -> dict:
              replicas, type(strategy).__name__, global_batch, len(job.train_files), len(job.eval_files),
              "x".join(map(str, job.mel_shape)), num_classes)
     multi_worker = _num_workers() > 1   # the same count that chose the strategy (a chief is a worker too)
-    noisy = _noisy_input(job)
+    noisy = _noisy_input(job, global_batch)
     make = lambda files, training, n: dataset.make_dataset(  # noqa: E731
         files, job.mel_shape, num_classes, global_batch, training=training, augment=cfg.augment,
         shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed, num_examples=None if multi_worker else n,

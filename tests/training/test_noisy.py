@@ -58,9 +58,9 @@ def test_the_job_knows_each_source_of_the_train_split(noisy_examples, tmp_path):
     counts = {s: list(sources.values()).count(s) for s in ("curated", "noisy")}
     assert counts["noisy"] == NOISY and 0 < counts["curated"] < CURATED      # noisy clips all train, curated split
     assert job.train_sources == counts
-    assert job.train_examples == len(sources) and job.epoch_batches == -(-len(sources) // 8)  # one pass over all
+    assert job.train_examples == len(sources) and job.train_batches(8) == -(-len(sources) // 8)  # one pass over all
     shared = _job(out, "noisy { batch_share: 0.5 }", tmp_path)
-    assert shared.epoch_batches == int(np.ceil(counts["curated"] / (8 * 0.5)))
+    assert shared.train_batches(8) == int(np.ceil(counts["curated"] / (8 * 0.5)))
     # files other than the manifest's train split: its per-split counts do not describe them
     with pytest.raises(ValueError, match="train on its whole train split"):
         train.job_from_examples(str(out), config.trainer_config("small"), str(tmp_path / "w"), None,
@@ -70,7 +70,7 @@ def test_the_job_knows_each_source_of_the_train_split(noisy_examples, tmp_path):
 def test_one_source_examples_have_no_source_counts(train_examples, tmp_path):
     job = _job(train_examples.out, "noisy { batch_share: 0.5 loss_weight: 0.3 }", tmp_path)
     assert job.train_sources is None and job.noisy_clips == 0
-    assert job.epoch_batches == -(-job.train_examples // 8)            # the noisy settings change nothing
+    assert job.train_batches(8) == -(-job.train_examples // 8)            # the noisy settings change nothing
 
 
 def _batches(job: train.TrainJob, epochs: int, augment=None):
@@ -84,7 +84,7 @@ def test_a_batch_share_draws_that_share_of_noisy_clips_and_sets_the_epoch(noisy_
     out, _, sources = noisy_examples
     job = _job(out, "noisy { batch_share: 0.25 }", tmp_path)
     epochs = _batches(job, 6)
-    assert {len(e) for e in epochs} == {job.epoch_batches}
+    assert {len(e) for e in epochs} == {job.train_batches(8)}
     assert all(len(b) == 2 for e in epochs for b in e)                   # weight 1: no weights
     drawn = [sources[_key(m)] for e in epochs for b in e for m in b[0]]
     share = drawn.count("noisy") / len(drawn)
@@ -134,7 +134,7 @@ def test_train_on_noisy_examples_with_a_share_and_weight(noisy_examples, tmp_pat
     with caplog.at_level("INFO", logger="fatp.train"):
         res = train.train(job)
     assert res["epochs_run"] == 2 and np.isfinite(res["history"]["loss"]).all()
-    assert f"noisy clips: noisy loss weight 0.5, 50% of each batch noisy, {job.epoch_batches} batches an epoch" \
+    assert f"noisy clips: noisy loss weight 0.5, 50% of each batch noisy, {job.train_batches(8)} batches an epoch" \
         in caplog.text
     assert 0 <= res["eval_lwlrap"] <= 1
 
