@@ -70,6 +70,7 @@ def test_the_job_knows_each_source_of_the_train_split(noisy_examples, tmp_path):
 def test_one_source_examples_have_no_source_counts(train_examples, tmp_path):
     job = _job(train_examples.out, "noisy { batch_share: 0.5 loss_weight: 0.3 }", tmp_path)
     assert job.train_sources is None and job.noisy_clips == 0
+    assert train._noisy_input(job, 8) is None                           # the input is built as without them
     assert job.train_batches(8) == -(-job.train_examples // 8)            # the noisy settings change nothing
 
 
