@@ -87,7 +87,9 @@ CANDIDATES = {
     # won: the default since 2026-11-29 (evening)
     "crnn8": ("default", "augment { mixup_alpha: 0.4 } model { conv_blocks: 2 conv_channels: 8 }"),
 }
-# Trained on the examples with the noisy clips (--noisy N); issue 22 §3's candidates.
+# Trained on the examples with the noisy clips (--noisy N); issue 22 §3's candidates. A recipe trains
+# on them when its name ends in NOISY_SUFFIX (also a --candidate's).
+NOISY_SUFFIX = "+noisy"
 NOISY_RECIPES = {
     "default+noisy": ("default", ""),                                         # whatever the default does with them
     "full+noisy": ("default", "noisy { loss_weight: 1 batch_share: 0 }"),     # shuffled in, full weight
@@ -261,7 +263,7 @@ def config_changes(out: str, preset: str, overrides: str, epochs: int, seed: int
 def one_run(recipe: str, spec: tuple[str, str] | None, seed: int, fold: str, args, data: dict) -> dict:
     from pipeline.metrics import lwlrap
 
-    noisy = recipe.endswith("+noisy")
+    noisy = recipe.endswith(NOISY_SUFFIX)
     tail = f"-n{args.noisy}e{args.noisy_label_error:g}" if noisy else ""
     out = os.path.join(args.work_dir, "runs", recipe, str(seed),
                        f"{fold}-{args.train_clips}x{args.test_clips}{tail}-e{args.epochs}")
@@ -369,7 +371,7 @@ def main() -> None:
         f for f in folds if f != "shared" and f not in SPEAKERS]
     if unknown:
         sys.exit(f"unknown recipes/folds {unknown}; recipes: mlp, {sorted(candidates)}; folds: {SPEAKERS}, shared")
-    if not args.noisy and any(r.endswith("+noisy") for r in recipes):
+    if not args.noisy and any(r.endswith(NOISY_SUFFIX) for r in recipes):
         sys.exit("the +noisy recipes train on noisy clips: give --noisy N")
     data = {}
     for fold in folds:

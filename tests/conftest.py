@@ -29,8 +29,9 @@ NUM_CLASSES = 80
 
 
 def _read_examples(out_dir, manifest):
-    """{split: [SimpleNamespace(fname, labels, mel, serialized)]} in file order, parsed with the
-    tf.train.Example protobuf itself (independent of pipeline.data.example_schema.parse_spec)."""
+    """{split: [SimpleNamespace(fname, labels, mel, source, serialized)]} in file order, parsed with
+    the tf.train.Example protobuf itself (independent of pipeline.data.example_schema.parse_spec);
+    source None where an Example has none (a one-source job's)."""
     import numpy as np
     import tensorflow as tf
 
@@ -48,6 +49,7 @@ def _read_examples(out_dir, manifest):
                     fname=feat["fname"].bytes_list.value[0].decode(),
                     labels=sorted(int(i) for i in feat["labels"].int64_list.value),
                     mel=np.asarray(feat["mel"].float_list.value, np.float32).reshape(MEL_SHAPE),
+                    source=feat["source"].bytes_list.value[0].decode() if "source" in feat else None,
                     serialized=raw))
         splits[split] = rows
     return splits

@@ -147,7 +147,7 @@ def make_dataset(files: list[str], mel_shape: tuple[int, int], num_classes: int,
             raise ValueError("noisy.batch_share needs the number of curated training clips (none given)")
         ds = _sample_sources(ds, noisy.batch_share, shuffle_buffer, seed)
         batches = epoch_batches(curated_examples, noisy.batch_share, batch_size)
-        ds = ds.batch(batch_size).take(batches).apply(tf.data.experimental.assert_cardinality(batches))
+        ds = ds.batch(batch_size).take(batches)      # an endless stream: take() makes its length known
     else:
         if training:
             ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)

@@ -57,11 +57,14 @@ class TrainJob:
     def noisy_clips(self) -> int:
         return (self.train_sources or {}).get(kaggle_layout.NOISY, 0)
 
+    @property
+    def curated_clips(self) -> int | None:
+        return (self.train_sources or {}).get(kaggle_layout.CURATED)
+
     def train_batches(self, global_batch: int) -> int | None:
         """Training batches per epoch at `global_batch` (None: unknown)."""
         if self.noisy_clips and self.cfg.noisy.batch_share > 0:
-            return dataset.epoch_batches(self.train_sources[kaggle_layout.CURATED], self.cfg.noisy.batch_share,
-                                         global_batch)
+            return dataset.epoch_batches(self.curated_clips, self.cfg.noisy.batch_share, global_batch)
         return -(-self.train_examples // global_batch) if self.train_examples else None
 
     @property
@@ -194,8 +197,8 @@ def _noisy_input(job: TrainJob, global_batch: int) -> config_lib.NoisyConfig | N
     if not job.noisy_clips:
         return None
     n = job.cfg.noisy
-    log.info("training on %d curated + %d noisy clips: noisy loss weight %g, %s", job.train_sources.get(
-        kaggle_layout.CURATED, 0), job.noisy_clips, n.loss_weight, f"{n.batch_share:.0%} of each batch noisy, "
+    log.info("training on %d curated + %d noisy clips: noisy loss weight %g, %s", job.curated_clips or 0,
+             job.noisy_clips, n.loss_weight, f"{n.batch_share:.0%} of each batch noisy, "
         f"{job.train_batches(global_batch)} batches an epoch" if n.batch_share > 0 else "shuffled together with the curated")
     return n
 
@@ -273,7 +276,7 @@ def _train(job: TrainJob, scratch: str | None) -> dict:
         files, job.mel_shape, num_classes, global_batch, training=training, augment=cfg.augment,
         shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed, num_examples=None if multi_worker else n,
         feature_cfg=job.feature_cfg, deterministic=cfg.deterministic_input, noisy=noisy,
-        curated_examples=(job.train_sources or {}).get(kaggle_layout.CURATED))
+        curated_examples=job.curated_clips)
     train_ds = make(job.train_files, True, job.train_examples)
     eval_ds = make(job.eval_files, False, job.eval_examples)
     if multi_worker:

@@ -12,10 +12,9 @@ import tensorflow as tf
 
 from pipeline import config
 from pipeline.data import job_output as output
-from pipeline.data import tfrecord
 from pipeline.training import dataset
 from pipeline.training import train
-from tests.conftest import MEL_SHAPE
+from tests.conftest import MEL_SHAPE, _read_examples
 
 pytestmark = pytest.mark.slow
 
@@ -38,13 +37,7 @@ def noisy_examples(tmp_path_factory):
     assert cli.run(["--data_dir", str(root / "data"), "--output_dir", str(out), "--preset", "small",
                     "--eval_ratio", "0.25", "--log_level", "WARNING"]) == 0
     manifest = output.require_complete(str(out))
-    sources = {}
-    for f in manifest["splits"]["train"]["files"]:
-        for rec in tf.data.TFRecordDataset(os.path.join(out, f["path"]),
-                                           compression_type=tfrecord.compression_type(f["path"])):
-            feat = tf.train.Example.FromString(rec.numpy()).features.feature
-            mel = np.asarray(feat["mel"].float_list.value, np.float32).reshape(MEL_SHAPE)
-            sources[_key(mel)] = feat["source"].bytes_list.value[0].decode()
+    sources = {_key(r.mel): r.source for r in _read_examples(str(out), manifest)["train"]}
     return out, manifest, sources
 
 
