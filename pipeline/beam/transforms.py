@@ -19,6 +19,7 @@ import stat
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -342,23 +343,22 @@ class _WriteBundleFiles(beam.DoFn):
         self._writers, self._by_source = {}, {}
 
     def process(self, split_and_record):
-        split, record, *source = split_and_record    # (split, record[, source]); no source: curated
-        source = source[0] if source else kaggle_layout.CURATED
+        split, record, source = split_and_record
         writer = self._writers.get(split)
         if writer is None:
             name = f"{self._run_id}-{split}-{uuid.uuid4().hex}{tfrecord.suffix(self._compression)}"
             path = FileSystems.join(self._tmp_dir, name)
             writer = self._writers[split] = tfrecord.TFRecordWriter(path, self._compression)
-            self._by_source[split] = {}
+            self._by_source[split] = Counter()
         writer.write(record)
-        self._by_source[split][source] = self._by_source[split].get(source, 0) + 1
+        self._by_source[split][source] += 1
         Metrics.counter(NAMESPACE, f"written_{split}").inc()
 
     def finish_bundle(self):
         for split, writer in self._writers.items():
             writer.close()
             yield WindowedValue({"split": split, "tmp_path": writer.path, "records": writer.records,
-                                 "by_source": self._by_source[split]},
+                                 "by_source": dict(self._by_source[split])},
                                 window.MIN_TIMESTAMP, [window.GlobalWindow()])
         self._writers, self._by_source = {}, {}
 
@@ -388,13 +388,9 @@ def finalize_shards(_, infos: list[dict], out_dir: str, tmp_dir: str, run_id: st
             if FileSystems.exists(info["tmp_path"]) or not FileSystems.exists(final):
                 FileSystems.rename([info["tmp_path"]], [final])
             files.append({"path": rel, "records": info["records"]})
-        by_source = {}
-        for info in mine:
-            for source, n in info.get("by_source", {}).items():
-                by_source[source] = by_source.get(source, 0) + n
-        summary[split] = {"records": sum(f["records"] for f in files), "files": files}
-        if by_source:
-            summary[split]["by_source"] = dict(sorted(by_source.items()))
+        by_source = sum((Counter(info["by_source"]) for info in mine), Counter())
+        summary[split] = {"records": sum(f["records"] for f in files), "files": files,
+                          "by_source": dict(sorted(by_source.items()))}
     leftovers = [m.path for m in FileSystems.match([FileSystems.join(tmp_dir, f"{run_id}-*")])[0].metadata_list]
     if leftovers:
         log.info("removing %d temporary files of retried bundles", len(leftovers))
@@ -450,12 +446,9 @@ def _write_dead_letters(letters: list[dict], path: str) -> dict:
     with FileSystems.create(path) as f:
         for d in letters:
             f.write((json.dumps(d, sort_keys=True) + "\n").encode("utf-8"))
-    by_reason, by_stage, by_source = {}, {}, {}
-    for d in letters:
-        by_reason[d["reason"]] = by_reason.get(d["reason"], 0) + 1
-        by_stage[d["stage"]] = by_stage.get(d["stage"], 0) + 1
-        by_source[d["source"]] = by_source.get(d["source"], 0) + 1
-    return {"failed": len(letters), "by_reason": by_reason, "by_stage": by_stage, "by_source": by_source}
+    count = lambda key: dict(Counter(d[key] for d in letters))  # noqa: E731
+    return {"failed": len(letters), "by_reason": count("reason"), "by_stage": count("stage"),
+            "by_source": count("source")}
 
 
 class WriteDeadLetters(beam.PTransform):

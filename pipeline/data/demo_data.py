@@ -115,6 +115,16 @@ def _broken_files(audio_dir: str) -> dict[str, str]:
             "broken_zero_length.wav": "zero_length"}
 
 
+def _labelled(rows) -> list[tuple[str, str]]:
+    """(fname, label indices) rows as the CSVs list them: (fname, "Name,Name")."""
+    return [(fname, ",".join(LABELS[k] for k in labels)) for fname, labels in rows]
+
+
+def _write_labels_csv(path: str, rows: list[tuple[str, str]]) -> None:
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([("fname", "labels"), *rows])
+
+
 def _noisy_part(out: str, count: int, curated: list, broken: bool, rng: np.random.Generator) -> tuple[list, dict]:
     """train_noisy/ and train_noisy.csv; returns the good rows as listed (some labels wrong) and the
     bad rows' expected reasons ({fname: reason}; the cross-source duplicate as "<fname>#noisy")."""
@@ -125,14 +135,13 @@ def _noisy_part(out: str, count: int, curated: list, broken: bool, rng: np.rando
         if rng.random() < 0.25:
             labels = sorted({int(rng.integers(80)), *labels[1:]})
         rows.append((fname, labels))
-    csv_rows = [(f, ",".join(LABELS[k] for k in labels)) for f, labels in rows]
+    csv_rows = _labelled(rows)
     dead = {}
     if broken:
         csv_rows += [("noisy_missing.wav", LABELS[4]), ("noisy_unknown.wav", "Not_a_label"), (curated[0][0], LABELS[5])]
         dead = {"noisy_missing.wav": "missing_file", "noisy_unknown.wav": "unknown_label",
                 f"{curated[0][0]}#noisy": "duplicate_fname"}
-    with open(os.path.join(out, "train_noisy.csv"), "w", newline="") as f:
-        csv.writer(f).writerows([("fname", "labels"), *csv_rows])
+    _write_labels_csv(os.path.join(out, "train_noisy.csv"), csv_rows)
     return rows, dead
 
 
@@ -145,7 +154,7 @@ def generate(out: str, train: int = 240, test: int = 60, seed: int = 0, broken: 
     os.makedirs(test_dir, exist_ok=True)
     train_rows = _clips(train_dir, "tr", train, rng)
     test_rows = _clips(test_dir, "te", test, rng)
-    csv_rows = [(f, ",".join(LABELS[k] for k in labels)) for f, labels in train_rows]
+    csv_rows = _labelled(train_rows)
     expected_dead = {}
     if broken:
         for fname, reason in _broken_files(train_dir).items():
@@ -156,14 +165,12 @@ def generate(out: str, train: int = 240, test: int = 60, seed: int = 0, broken: 
         expected_dead.update({"missing_clip.wav": "missing_file", "unknown_label.wav": "unknown_label",
                               "../escape.wav": "unsafe_path"})
         expected_dead[f"{train_rows[0][0]}#duplicate"] = "duplicate_fname"
-    with open(os.path.join(out, "train_curated.csv"), "w", newline="") as f:
-        csv.writer(f).writerows([("fname", "labels"), *csv_rows])
+    _write_labels_csv(os.path.join(out, "train_curated.csv"), csv_rows)
     with open(os.path.join(out, "sample_submission.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["fname", *LABELS])
         w.writerows([fname, *([0] * len(LABELS))] for fname, _ in test_rows)
-    with open(os.path.join(out, "test_labels.csv"), "w", newline="") as f:
-        csv.writer(f).writerows([("fname", "labels"), *((n, ",".join(LABELS[k] for k in ls)) for n, ls in test_rows)])
+    _write_labels_csv(os.path.join(out, "test_labels.csv"), _labelled(test_rows))
     log.info("wrote %d train clips (+%d bad rows) and %d test clips to %s", train, len(expected_dead), test, out)
     result = {"train": train_rows, "test": test_rows, "expected_dead": expected_dead}
     if noisy:

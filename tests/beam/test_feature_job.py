@@ -556,7 +556,7 @@ def test_a_retried_bundle_leaves_no_trace(tmp_path, compression):
     reports: finalize_shards deletes them, and the output holds each record exactly once."""
     tmp = str(tmp_path / "_tmp")
     fn = bt._WriteBundleFiles(tmp, compression, "run1")
-    records = [("train", f"r{i}".encode()) for i in range(5)] + [("eval", b"e0")]
+    records = [("train", f"r{i}".encode(), "curated") for i in range(5)] + [("eval", b"e0", "curated")]
     fn.start_bundle()                     # first attempt: writes, then the worker dies
     for r in records:
         fn.process(r)
@@ -565,7 +565,7 @@ def test_a_retried_bundle_leaves_no_trace(tmp_path, compression):
     orphans = sorted(os.listdir(tmp))
     assert len(orphans) == 2
     infos = _committed_bundle(bt._WriteBundleFiles(tmp, compression, "run1"), records)   # the retry
-    infos += _committed_bundle(bt._WriteBundleFiles(tmp, compression, "run1"), [("train", b"r5")])
+    infos += _committed_bundle(bt._WriteBundleFiles(tmp, compression, "run1"), [("train", b"r5", "curated")])
     summary = bt.finalize_shards(None, infos, str(tmp_path), tmp, "run1")
     assert not os.path.exists(tmp)
     assert summary["train"]["records"] == 6 and summary["eval"]["records"] == 1
@@ -583,7 +583,7 @@ def test_shard_finalization_survives_being_retried(tmp_path):
     for i, split in enumerate(["train", "train", "eval"]):
         p = tmp / f"run1-{split}-{i:032x}.tfrecord.gz"
         p.write_bytes(f"shard {i}".encode())
-        infos.append({"split": split, "tmp_path": str(p), "records": i + 1})
+        infos.append({"split": split, "tmp_path": str(p), "records": i + 1, "by_source": {"curated": i + 1}})
     first = bt.finalize_shards(None, infos, str(tmp_path), str(tmp), "run1")
     again = bt.finalize_shards(None, infos, str(tmp_path), str(tmp), "run1")
     assert first == again
@@ -600,7 +600,8 @@ def test_finalization_deletes_only_its_own_runs_temporary_files(tmp_path):
     others = [tmp / "run2-train-cc.tfrecord", tmp / "train-dd.tfrecord", tmp / "notes.txt"]
     for p in [mine, orphan, *others]:
         p.write_bytes(p.name.encode())
-    bt.finalize_shards(None, [{"split": "train", "tmp_path": str(mine), "records": 1}], str(tmp_path), str(tmp), "run1")
+    bt.finalize_shards(None, [{"split": "train", "tmp_path": str(mine), "records": 1, "by_source": {"curated": 1}}],
+                       str(tmp_path), str(tmp), "run1")
     assert (tmp_path / "train" / "data-00000-of-00001.tfrecord").read_bytes() == b"run1-train-aa.tfrecord"
     assert sorted(p.name for p in tmp.iterdir()) == sorted(p.name for p in others)
 
@@ -616,7 +617,8 @@ def test_finalization_refuses_a_split_folder_linked_since_the_start(tmp_path):
     shard = tmp / "run1-train-aa.tfrecord"
     shard.write_bytes(b"new")
     with pytest.raises(output.OutputError, match="train is a symbolic link"):
-        bt.finalize_shards(None, [{"split": "train", "tmp_path": str(shard), "records": 1}], str(tmp_path),
+        bt.finalize_shards(None, [{"split": "train", "tmp_path": str(shard), "records": 1,
+                                   "by_source": {"curated": 1}}], str(tmp_path),
                            str(tmp), "run1")
     assert (elsewhere / "data-00000-of-00001.tfrecord").read_bytes() == b"precious"
 
