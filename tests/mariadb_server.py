@@ -42,6 +42,11 @@ def find_server() -> tuple[dict | None, str]:
     return paths, ""
 
 
+def _free_space(path: str) -> str:
+    st = os.statvfs(path)
+    return f"{st.f_bavail * st.f_frsize / 2**30:.1f} GiB free there"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -64,9 +69,12 @@ class MariaDB:
     def start(self) -> "MariaDB":
         data = os.path.join(self.folder, "data")
         os.makedirs(data, exist_ok=True)
-        subprocess.run([self.paths["install"], "--no-defaults", f"--datadir={data}", "--skip-test-db",
-                        "--auth-root-authentication-method=socket", *self._user()],
-                       check=True, capture_output=True)
+        made = subprocess.run([self.paths["install"], "--no-defaults", f"--datadir={data}", "--skip-test-db",
+                               "--auth-root-authentication-method=socket", *self._user()],
+                              capture_output=True, text=True)
+        if made.returncode != 0:     # e.g. a full disk: say so, not only the exit status
+            raise RuntimeError(f"{self.paths['install']} exited with {made.returncode} for {data} "
+                               f"({_free_space(data)}): {(made.stderr or made.stdout).strip()[-2000:]}")
         self._proc = subprocess.Popen(
             [self.paths["server"], "--no-defaults", f"--datadir={data}", f"--socket={self.socket}",
              f"--port={self.port}", f"--bind-address={self.host}", f"--pid-file={self.folder}/pid",

@@ -91,6 +91,18 @@ def runner_flags(beam_args: list[str]) -> list[str]:
     return out
 
 
+def ships_no_packages(beam_args: list[str]) -> bool:
+    """Whether the runner these flags (after runner_flags) name runs its workers from this Python
+    environment, so nothing has to be staged for them: Beam's local runner (in memory, on threads or
+    on worker processes started with this interpreter) and the project's DaskRunner (Beam's Dask
+    translation ships no packages; a remote Dask cluster's workers need the project installed)."""
+    runner = next(a for a in runner_flags(beam_args) if a.startswith("--runner=")).split("=", 1)[1].strip()
+    if runner.lower() in _LOCAL_RUNNER_NAMES:
+        return True
+    from pipeline.beam import dask_runner   # runner_flags imported it already where Dask was named
+    return runner == dask_runner.RUNNER_PATH
+
+
 def pipeline_options(beam_args: list[str]) -> PipelineOptions:
     return PipelineOptions(runner_flags(beam_args))
 

@@ -105,11 +105,15 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_dir: str, se
 
     from components.audio_example_gen import AudioExampleGen
     from components.evaluator.executor import Evaluator
+    from pipeline.orchestration import beam_staging
     from pipeline.orchestration.baseline import BestBlessedModelStrategy
     from components.serving_pusher import executor as serving_pusher
     from components.trainer import executor as trainer_executor
     from pipeline.training import train
 
+    # LocalDagRunner runs the Beam executors in this process: no 52 MB copy of TFX per component on
+    # a runner that ships no packages (beam_staging's docstring)
+    beam_staging.install()
     # bad configs fail here, not mid-run
     trainer_cfg = config_lib.trainer_config(trainer_preset, trainer_overrides)
     config_lib.validate_serving(config_lib.serving_config(serving_config),

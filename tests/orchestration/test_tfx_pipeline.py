@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from types import SimpleNamespace
 
@@ -70,8 +71,11 @@ def root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def first(root):
+    """The first run, with a temp folder of its own (test_a_run_leaves_no_copy_of_tfx_in_the_temp_folder)."""
+    os.makedirs(root / "tmp")
     with pytest.MonkeyPatch.context() as mp, _Capture() as cap:
         mp.delenv("TF_CONFIG", raising=False)
+        mp.setattr(tempfile, "tempdir", str(root / "tmp"))
         result = _pipeline(cap, root, root / "data", min_lwlrap=0)
     return result
 
@@ -80,7 +84,6 @@ class _Capture:
     """capsys for module fixtures: redirect stdout/stderr to files while a run prints its report."""
 
     def __enter__(self):
-        import tempfile
         self._saved = sys.stdout, sys.stderr
         self._out, self._err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
         sys.stdout, sys.stderr = self._out, self._err
@@ -166,6 +169,13 @@ def test_first_run_blesses_and_pushes_a_model_that_scores(root, first):
         truth[i, list(tf.train.Example.FromString(raw).features.feature["labels"].int64_list.value)] = True
     evaluated = lwlrap_tfma.evaluation_metrics(runs["Evaluator"].outputs["evaluation"][0].uri)
     assert abs(evaluated["candidate"] - lwlrap(truth, pushed_scores)) < 1e-5
+
+
+def test_a_run_leaves_no_copy_of_tfx_in_the_temp_folder(root, first):
+    """Before beam_staging, each Beam component (AudioExampleGen, StatisticsGen, Evaluator,
+    TestExampleGen, BulkInferrer) left tmpXXXX/build/tfx/ with a 52 MB sdist of TFX behind."""
+    left = [os.path.relpath(d, root / "tmp") for d, _, _ in os.walk(root / "tmp")]
+    assert not [d for d in left if "tfx" in d.split(os.sep)], left
 
 
 def test_first_run_ends_with_the_blessed_models_submission(root, first):
