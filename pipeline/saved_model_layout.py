@@ -55,6 +55,11 @@ def next_version(names: Iterable[str], now: float) -> int:
     return max(int(now), int(newest) + 1 if newest is not None else 0)
 
 
+def temp_folders(names: Iterable[str]) -> list[str]:
+    """The temp_name folders among a model folder's entries (writers in progress, or dead ones')."""
+    return sorted(n.rstrip("/") for n in names if n.startswith(".tmp-"))
+
+
 def temp_name(version: int | str, kind: str) -> str:
     """A folder name beside the versions for one writer of `version` (kind: "export", "push"): not
     all digits, so TF Serving ignores it, and unique to this process and call, so a writer only

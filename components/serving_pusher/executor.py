@@ -23,7 +23,8 @@ version TF Serving never switches to. On a local disk the model is copied into a
 own beside the versions (.tmp-push-<version>-<pid>-<random>, which TF Serving ignores), fsynced,
 and renamed into place (pipeline.fileio.publish_dir), so the version appears whole or not at all;
 a version that appears meanwhile (a concurrent push) fails the push with a clear error and is
-not replaced. Object stores have no rename: there the files are copied in place, saved_model.pb
+not replaced. Other writers' temporary folders are left alone (one may be a push in progress on
+another machine) and named in a warning, for a person to clear those of killed pushes. Object stores have no rename: there the files are copied in place, saved_model.pb
 last (as TFX's Pusher does), and the completeness check above keeps a torn copy from being reused.
 
 Not blessed, or another destination: TFX's Pusher unchanged.
@@ -109,6 +110,11 @@ def push_new_version(model_path: str, base_directory: str) -> str:
         _copy_tree(model_path, final)
         return final
     tmp = os.path.join(base_directory, layout.temp_name(version, "push"))
+    others = layout.temp_folders(fileio.listdir(base_directory))
+    if others:      # never removed here: one may be a push in progress on another machine
+        log.warning("%d temporary folder(s) beside the versions in %s, of pushes or exports in progress or killed: "
+                    "%s; TF Serving ignores them; remove those of no running push", len(others), base_directory,
+                    ", ".join(others))
     try:
         _copy_tree(model_path, tmp)
         try:

@@ -155,17 +155,20 @@ def test_a_newest_version_ahead_of_the_clock_is_followed_by_the_next_number(mode
     assert versions(base)[-1] == str(int(ahead) + 1)
 
 
-def test_other_temporary_folders_beside_the_versions_are_left_alone(models, tmp_path, clock):
+def test_other_temporary_folders_beside_the_versions_are_left_alone_and_named(models, tmp_path, clock, caplog):
     """A push in progress elsewhere (or one that crashed) owns its temporary folder; TF Serving
-    ignores it (not all digits) and so does this push."""
+    ignores it (not all digits) and so does this push, which names them for a person to clear."""
     a, _ = models
     base = tmp_path / "serving"
     theirs = [base / f".tmp-push-{int(NOW)}-other", base / f".tmp-{int(NOW)}"]
     for folder in theirs:
         folder.mkdir(parents=True)
         (folder / "saved_model.pb").write_bytes(b"someone else's")
-    pushed = push(a, base, tmp_path / "out")
+    with caplog.at_level("WARNING", logger="components.serving_pusher.executor"):
+        pushed = push(a, base, tmp_path / "out")
     assert pushed.get_string_custom_property("pushed_version") == str(int(NOW))
+    warned = [r.getMessage() for r in caplog.records if "temporary folder" in r.getMessage()]
+    assert len(warned) == 1 and f".tmp-{int(NOW)}, .tmp-push-{int(NOW)}-other" in warned[0], warned
     for folder in theirs:
         assert (folder / "saved_model.pb").read_bytes() == b"someone else's"
     assert sorted(os.listdir(base)) == sorted([f.name for f in theirs] + [str(int(NOW))])
