@@ -9,7 +9,7 @@ when the job read train_noisy.csv too, dead letters by reason with their first r
 anomalies), training (loss and lwlrap per epoch, best epoch, time), the decision (candidate lwlrap
 with its interval against the bar and the baseline, BLESSED or NOT BLESSED and why, per-class
 lwlrap of both, worst first), the push, the lineage back to the data folder, and the lwlrap of
-every model this pipeline evaluated.
+the last HISTORY_SHOWN models this pipeline evaluated (the number of older ones below them).
 
 Self-contained: charts are matplotlib SVG written inline (text kept as text), styles inline, no
 script, and a Content-Security-Policy that lets the page fetch nothing.
@@ -36,6 +36,7 @@ log = logging.getLogger("fatp.report")
 REPORTS = "reports"
 LATEST = "latest.html"
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+HISTORY_SHOWN = 30         # evaluations in the History section (chart and table), the newest
 
 
 # ------------------------------------------------------------------------------------------ facts
@@ -98,26 +99,31 @@ def _history(model_run_uri: str) -> dict[str, list[float]]:
     return full_history(model_run_uri, results.get("history", {}))
 
 
-def _evaluations(store, pipeline_name: str) -> list[dict]:
-    """lwlrap of every model this pipeline evaluated: one entry per evaluation, by run."""
+def _evaluations(store, pipeline_name: str) -> dict:
+    """lwlrap of the last HISTORY_SHOWN models this pipeline evaluated, one entry per evaluation (a cached
+    Evaluator's is its first run's), oldest first: {"shown": [...], "older": how many before them}.
+    Read from the Evaluator's executions, so a store with many runs costs four ML Metadata queries
+    per Evaluator run and TFMA reads of the shown evaluations only."""
     from pipeline.metrics import lwlrap_tfma
 
-    seen, out = set(), []
-    runs = sorted(store.get_contexts_by_type("pipeline_run"), key=lambda c: (c.create_time_since_epoch, c.id))
-    for context in runs:
-        for run in run_report.component_runs(store, pipeline_name, context.name):
-            evaluation, blessing = run.artifact("evaluation"), run.artifact("blessing")
-            if run.component != "Evaluator" or evaluation is None or evaluation.id in seen:
-                continue
-            seen.add(evaluation.id)
-            try:
-                lwlrap = lwlrap_tfma.evaluation_metrics(evaluation.uri)["candidate"]
-            except Exception:  # noqa: BLE001 -- an unreadable old evaluation is one missing point
-                lwlrap = None
-            model = run.artifact("model")
-            out.append({"run": context.name, "lwlrap": lwlrap, "blessed": prop(blessing, "blessed") == 1,
-                        "model_id": model.id if model is not None else None})
-    return out
+    first = {}                      # evaluation artifact id -> the Evaluator run that made it first
+    for ex in run_report.executions_of(store, pipeline_name, "Evaluator"):
+        run = run_report.component_run(store, "Evaluator", ex)
+        evaluation = run.outputs.get("evaluation", [None])[0]
+        if evaluation is not None:
+            first.setdefault(evaluation.id, (run, evaluation))
+    made = list(first.values())
+    out = []
+    for run, evaluation in made[-HISTORY_SHOWN:]:
+        try:
+            lwlrap = lwlrap_tfma.evaluation_metrics(evaluation.uri)["candidate"]
+        except Exception:  # noqa: BLE001 -- an unreadable old evaluation is one missing point
+            lwlrap = None
+        model = run.artifact("model")
+        out.append({"run": run_report.run_of(store, run.execution), "lwlrap": lwlrap,
+                    "blessed": prop(run.artifact("blessing"), "blessed") == 1,
+                    "model_id": model.id if model is not None else None})
+    return {"shown": out, "older": len(made) - len(out)}
 
 
 def collect(store, pipeline_name: str, run_id: str) -> dict:
@@ -181,7 +187,7 @@ def collect(store, pipeline_name: str, run_id: str) -> dict:
         start = pm.id if prop(pm, "pushed") == 1 else (trainer.artifact("model").id if trainer else None)
         if start is not None:
             facts["lineage"] = attempt("lineage", lambda: _lineage(store, start))
-    facts["history"] = attempt("evaluation history", lambda: _evaluations(store, pipeline_name)) or []
+    facts["history"] = attempt("evaluation history", lambda: _evaluations(store, pipeline_name)) or {}
     return facts
 
 
@@ -270,7 +276,7 @@ def history_chart(history: list[dict]) -> str | None:
         ax.plot([x], [p["lwlrap"]], "o", color="#2ca02c" if p["blessed"] else "#d62728")
     ax.set_xticks(list(xs), [p["run"][:16] for p in points], rotation=30, ha="right", fontsize="small")
     ax.set_ylabel("lwlrap")
-    ax.set_title("every evaluation of this pipeline (green: blessed, red: not)", fontsize="medium")
+    ax.set_title("this pipeline's evaluations, newest last (green: blessed, red: not)", fontsize="medium")
     ax.grid(alpha=0.3)
     return _svg(fig)
 
@@ -428,10 +434,14 @@ def render(f: dict) -> str:
             parts.append("<p id='push'>not pushed: the model was not blessed</p>")
     if f.get("lineage"):
         parts.append("<h2>Lineage</h2><ol>" + "".join(f"<li>{_e(s)}</li>" for s in f["lineage"]) + "</ol>")
-    if f.get("history"):
-        parts.append("<h2>History</h2>" + (history_chart(f["history"]) or "") + _table(
+    history = f.get("history") or {}
+    if history.get("shown"):
+        older = (f"<p class='muted' id='history-older'>{history['older']} earlier evaluation(s) not shown</p>"
+                 if history.get("older") else "")
+        parts.append("<h2>History</h2>" + (history_chart(history["shown"]) or "") + _table(
             ["run", "model", "lwlrap", "blessed"],
-            [[_e(h["run"]), _e(h["model_id"]), _fmt(h["lwlrap"]), "yes" if h["blessed"] else "no"] for h in f["history"]]))
+            [[_e(h["run"]), _e(h["model_id"]), _fmt(h["lwlrap"]), "yes" if h["blessed"] else "no"]
+             for h in history["shown"]]) + older)
     if f["problems"]:
         parts.append("<h2>Not shown</h2><ul>" + "".join(f"<li>{_e(x)}</li>" for x in f["problems"]) + "</ul>")
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'

@@ -76,21 +76,41 @@ def latest_run_id(store, pipeline_name: str) -> str | None:
     return None
 
 
+def _in_order(executions) -> list:
+    return sorted(executions, key=lambda e: (e.create_time_since_epoch, e.id))
+
+
+def component_run(store, component: str, ex) -> ComponentRun:
+    """One execution of `component` with its input and output artifacts by key."""
+    return ComponentRun(component=component, state=State.Name(ex.last_known_state), execution=ex,
+                        outputs=_artifacts_by_key(store, ex.id, OUTPUT_EVENTS),
+                        inputs=_artifacts_by_key(store, ex.id, INPUT_EVENTS))
+
+
 def component_runs(store, pipeline_name: str, run_id: str) -> list[ComponentRun]:
     """The executions of one run, in the order they started."""
     run = store.get_context_by_type_and_name("pipeline_run", run_id)
     if run is None:
         raise ValueError(f"no run {run_id!r} in ML Metadata")
     out = []
-    for ex in sorted(store.get_executions_by_context(run.id), key=lambda e: (e.create_time_since_epoch, e.id)):
+    for ex in _in_order(store.get_executions_by_context(run.id)):
         nodes = [c.name for c in store.get_contexts_by_execution(ex.id) if c.type == "node"]
         name = next((n[len(pipeline_name) + 1:] for n in nodes if n.startswith(pipeline_name + ".")), None)
-        if name is None:
-            continue
-        out.append(ComponentRun(component=name, state=State.Name(ex.last_known_state), execution=ex,
-                                outputs=_artifacts_by_key(store, ex.id, OUTPUT_EVENTS),
-                                inputs=_artifacts_by_key(store, ex.id, INPUT_EVENTS)))
+        if name is not None:
+            out.append(component_run(store, name, ex))
     return out
+
+
+def executions_of(store, pipeline_name: str, component: str) -> list:
+    """Every execution of one component of this pipeline, in every run, in the order they started
+    (its node context: one query, whatever the number of runs)."""
+    node = store.get_context_by_type_and_name("node", f"{pipeline_name}.{component}")
+    return _in_order(store.get_executions_by_context(node.id)) if node is not None else []
+
+
+def run_of(store, execution) -> str | None:
+    """The pipeline run an execution belongs to."""
+    return next((c.name for c in store.get_contexts_by_execution(execution.id) if c.type == "pipeline_run"), None)
 
 
 def producer(store, artifact_id: int) -> metadata_store_pb2.Execution | None:

@@ -337,6 +337,30 @@ def test_a_refused_runs_report_says_why_and_fatp_report_rewrites_any_past_run(ro
     assert written == first_page and re.search(r'id="verdict"[^>]*>BLESSED<', open(first_page).read())
 
 
+def test_the_reports_history_lists_each_evaluation_once_and_only_the_newest(root, first, again, cached, refused,
+                                                                             tmp_path, monkeypatch):
+    """History: one row per evaluation (the cached run's is its first run's, not a second row), with
+    its run, model and decision, oldest first; past HISTORY_SHOWN rows the older ones are counted,
+    not listed (a shared store's hundreds of runs were each read back, TFMA included)."""
+    from pipeline.orchestration import report_html
+
+    store = run_report.open_store(str(root / "pipeline" / "metadata.sqlite"))
+    evaluators = [first[4]["Evaluator"], again[0][4]["Evaluator"], refused[0][4]["Evaluator"]]
+    assert cached[0][4]["Evaluator"].state == "CACHED"
+    expected = [(run_report.run_of(store, e.execution), e.artifact("model").id, blessed)
+                for e, blessed in zip(evaluators, (True, True, False))]
+    history = report_html.collect(store, NAME, expected[-1][0])["history"]
+    assert [(h["run"], h["model_id"], h["blessed"]) for h in history["shown"]] == expected
+    assert history["older"] == 0 and all(0 <= h["lwlrap"] <= 1 for h in history["shown"])
+    monkeypatch.setattr(report_html, "HISTORY_SHOWN", 2)
+    facts = report_html.collect(store, NAME, expected[-1][0])
+    assert [h["run"] for h in facts["history"]["shown"]] == [run for run, _, _ in expected[1:]]
+    page = tmp_path / "report.html"
+    page.write_text(report_html.render(facts))
+    dom, _ = _looked_at(str(page), tmp_path)
+    assert "1 earlier evaluation(s) not shown" in dom and dom.count(expected[1][0]) >= 1
+
+
 def test_pushed_model_traces_back_to_the_data_folder(root, first):
     _, _, _, store, runs = first
     pushed = runs["Pusher"].outputs["pushed_model"][0]
