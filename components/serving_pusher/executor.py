@@ -24,8 +24,9 @@ own beside the versions (.tmp-push-<version>-<pid>-<random>, which TF Serving ig
 and renamed into place (pipeline.fileio.publish_dir), so the version appears whole or not at all;
 a version that appears meanwhile (a concurrent push) fails the push with a clear error and is
 not replaced. Other writers' temporary folders are left alone (one may be a push in progress on
-another machine) and named in a warning, for a person to clear those of killed pushes. Object stores have no rename: there the files are copied in place, saved_model.pb
-last (as TFX's Pusher does), and the completeness check above keeps a torn copy from being reused.
+another machine) and named in a warning, for a person to clear those of killed pushes. Object
+stores have no rename: there the files are copied in place, saved_model.pb last (as TFX's Pusher
+does), and the completeness check above keeps a torn copy from being reused.
 
 Not blessed, or another destination: TFX's Pusher unchanged.
 """

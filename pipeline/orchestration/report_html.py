@@ -100,8 +100,8 @@ def _history(model_run_uri: str) -> dict[str, list[float]]:
 
 
 def _evaluations(store, pipeline_name: str) -> dict:
-    """lwlrap of the last HISTORY_SHOWN models this pipeline evaluated, one entry per evaluation (a cached
-    Evaluator's is its first run's), oldest first: {"shown": [...], "older": how many before them}.
+    """lwlrap of the last HISTORY_SHOWN models this pipeline evaluated, one entry per evaluation (a
+    cached Evaluator's is its first run's), oldest first: {"shown": [...], "older": how many before}.
     Read from the Evaluator's executions, so a store with many runs costs four ML Metadata queries
     per Evaluator run and TFMA reads of the shown evaluations only."""
     from pipeline.metrics import lwlrap_tfma
