@@ -197,9 +197,10 @@ def _noisy_input(job: TrainJob, global_batch: int) -> config_lib.NoisyConfig | N
     if not job.noisy_clips:
         return None
     n = job.cfg.noisy
+    drawn = (f"{n.batch_share:.0%} of each batch noisy, {job.train_batches(global_batch)} batches an epoch"
+             if n.batch_share > 0 else "shuffled together with the curated")
     log.info("training on %d curated + %d noisy clips: noisy loss weight %g, %s", job.curated_clips or 0,
-             job.noisy_clips, n.loss_weight, f"{n.batch_share:.0%} of each batch noisy, "
-        f"{job.train_batches(global_batch)} batches an epoch" if n.batch_share > 0 else "shuffled together with the curated")
+             job.noisy_clips, n.loss_weight, drawn)
     return n
 
 
