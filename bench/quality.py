@@ -86,6 +86,8 @@ CANDIDATES = {
     "ema99": ("default", f"augment {{ mixup_alpha: 0.4 }} optimizer {{ ema_momentum: 0.99 }} {LSTM}"),
     # won: the default since 2026-11-29 (evening)
     "crnn8": ("default", "augment { mixup_alpha: 0.4 } model { conv_blocks: 2 conv_channels: 8 }"),
+    # issue 22 §3: random time shifts of up to a quarter of the window, on top of the default
+    "shift25": ("default", "augment { mixup_alpha: 0.4 time_shift: 0.25 }"),
 }
 # Trained on the examples with the noisy clips (--noisy N); issue 22 §3's candidates. A recipe trains
 # on them when its name ends in NOISY_SUFFIX (also a --candidate's).
@@ -96,6 +98,7 @@ NOISY_RECIPES = {
     "w05s25+noisy": ("default", "noisy { loss_weight: 0.5 batch_share: 0.25 }"),
     "s25+noisy": ("default", "noisy { loss_weight: 1 batch_share: 0.25 }"),
     "w05s50+noisy": ("default", "noisy { loss_weight: 0.5 batch_share: 0.5 }"),
+    "ls20w05s25+noisy": ("default", "noisy { loss_weight: 0.5 batch_share: 0.25 label_smoothing: 0.2 }"),
 }
 
 

@@ -152,11 +152,15 @@ def validate_trainer(cfg: TrainerConfig) -> None:
         problems.append("augment.mixup_alpha must be >= 0")
     if not 0 <= cfg.augment.freq_warp < 0.5:
         problems.append("augment.freq_warp must be in [0, 0.5)")
+    if not 0 <= cfg.augment.time_shift <= 0.5:
+        problems.append("augment.time_shift must be in [0, 0.5]")
     if not cfg.noisy.loss_weight > 0:
         problems.append("noisy.loss_weight must be > 0 (to train on curated clips only, run the feature job "
                         "with --no_noisy)")
     if not 0 <= cfg.noisy.batch_share < 1:
         problems.append("noisy.batch_share must be in [0, 1)")
+    if not 0 <= cfg.noisy.label_smoothing < 1:
+        problems.append("noisy.label_smoothing must be in [0, 1)")
     if problems:
         raise ValueError("invalid TrainerConfig: " + "; ".join(problems))
 

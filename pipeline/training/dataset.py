@@ -7,13 +7,14 @@ and the TFX Trainer's run_fn.
 Parsing whole batches costs one parse_example call per batch instead of one per example.
 Training may read in non-deterministic order (faster; `deterministic` fixes it); evaluation keeps
 the files' order.
-Frequency warping (VTLP), SpecAugment masks and mixup (AugmentConfig; the default recipe uses
-mixup only) apply to training batches only, in that order.
+Random time shifts, frequency warping (VTLP), SpecAugment masks and mixup (AugmentConfig; the
+default recipe uses mixup only) apply to training batches only, in that order.
 
 Examples with noisy clips (FAT2019's train_noisy; NoisyConfig): with `noisy.batch_share` > 0 the
 training records split by source after the interleave, each source is shuffled and repeated on
 its own and every example is drawn from the noisy one with that probability; a noisy loss weight
-other than 1 makes training batches (mel, labels, weight), which mixup mixes like the labels.
+other than 1 makes training batches (mel, labels, weight), which mixup mixes like the labels;
+`noisy.label_smoothing` softens the noisy clips' labels as they are parsed (before mixup).
 """
 from __future__ import annotations
 
@@ -41,14 +42,22 @@ def split_files(examples_dir: str, split: str, manifest: dict | None = None) -> 
     return [fileio.join(examples_dir, f["path"]) for f in info["files"]], info["records"]
 
 
-def _parse_batch(serialized, mel_shape, num_classes, noisy_weight: float | None = None):
-    """(mel, multi-hot labels), and each example's loss weight when `noisy_weight` is given."""
-    parsed = tf.io.parse_example(serialized, examples.parse_spec(mel_shape, with_source=noisy_weight is not None))
+def _parse_batch(serialized, mel_shape, num_classes, noisy: NoisyConfig | None = None):
+    """(mel, multi-hot labels), and each example's loss weight when noisy clips weigh other than
+    1; noisy clips' labels smoothed when `noisy.label_smoothing` > 0 (curated ones never)."""
+    weigh = noisy is not None and noisy.loss_weight != 1
+    smooth = noisy is not None and noisy.label_smoothing > 0
+    parsed = tf.io.parse_example(serialized, examples.parse_spec(mel_shape, with_source=weigh or smooth))
     labels = tf.cast(tf.sparse.to_indicator(parsed[examples.LABELS], num_classes), tf.float32)
-    if noisy_weight is None:
+    if not (weigh or smooth):
         return parsed[examples.MEL], labels
-    weight = tf.where(tf.equal(parsed[examples.SOURCE], kaggle_layout.NOISY), noisy_weight, 1.0)
-    return parsed[examples.MEL], labels, weight
+    is_noisy = tf.equal(parsed[examples.SOURCE], kaggle_layout.NOISY)
+    if smooth:
+        s = noisy.label_smoothing
+        labels = tf.where(is_noisy[:, tf.newaxis], labels * (1.0 - s) + s / 2.0, labels)
+    if not weigh:
+        return parsed[examples.MEL], labels
+    return parsed[examples.MEL], labels, tf.where(is_noisy, noisy.loss_weight, 1.0)
 
 
 def _is_noisy(serialized):
@@ -60,6 +69,16 @@ def epoch_batches(curated: int, share: float, batch_size: int) -> int:
     """Training batches of an epoch that draws each of `curated` clips once on average when a
     `share` of every batch's examples is drawn from the noisy clips."""
     return max(1, int(np.ceil(curated / (batch_size * (1.0 - share)))))
+
+
+def time_shift(mel: tf.Tensor, max_share: float, seed: tf.Tensor) -> tf.Tensor:
+    """Each example of [batch, frames, mels] rolled along its frames by a random offset in
+    [-max_share, +max_share] x frames: frame t comes from frame t - offset, modulo frames."""
+    frames = tf.shape(mel)[1]
+    limit = tf.cast(tf.math.floor(max_share * tf.cast(frames, tf.float32)), tf.int32)
+    offset = tf.random.stateless_uniform([tf.shape(mel)[0]], seed, -limit, limit + 1, tf.int32)
+    source = tf.math.floormod(tf.range(frames)[tf.newaxis, :] - offset[:, tf.newaxis], frames)
+    return tf.gather(mel, source, batch_dims=1)
 
 
 def spec_augment(mel: tf.Tensor, cfg: AugmentConfig, seed: tf.Tensor) -> tf.Tensor:
@@ -154,11 +173,10 @@ def make_dataset(files: list[str], mel_shape: tuple[int, int], num_classes: int,
         ds = ds.batch(batch_size, drop_remainder=False)
         if num_examples is not None:
             ds = ds.apply(tf.data.experimental.assert_cardinality(-(-num_examples // batch_size)))
-    weight = noisy.loss_weight if noisy is not None and noisy.loss_weight != 1 else None
-    ds = ds.map(lambda s: _parse_batch(s, mel_shape, num_classes, weight), num_parallel_calls=tf.data.AUTOTUNE,
+    ds = ds.map(lambda s: _parse_batch(s, mel_shape, num_classes, noisy), num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=ordered)
     if training and augment is not None and (augment.time_masks or augment.freq_masks or augment.mixup_alpha
-                                             or augment.freq_warp):
+                                             or augment.freq_warp or augment.time_shift):
         ds = _augmented(ds, augment, seed, feature_cfg, ordered)
     return ds.prefetch(tf.data.AUTOTUNE)
 
@@ -186,6 +204,8 @@ def _augmented(ds: tf.data.Dataset, cfg: AugmentConfig, seed: int, feature_cfg: 
         step_seed = tf.stack([tf.constant(seed, tf.int64), step])
         # one independent stream per augmentation (seeds that differ by a small offset could share draws)
         stream = lambda k: tf.random.experimental.stateless_fold_in(step_seed, k)  # noqa: E731
+        if cfg.time_shift:
+            mel = time_shift(mel, cfg.time_shift, stream(3))
         if warps is not None:
             mel = freq_warp(mel, warps, stream(0))
         if cfg.time_masks or cfg.freq_masks:

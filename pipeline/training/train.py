@@ -199,8 +199,9 @@ def _noisy_input(job: TrainJob, global_batch: int) -> config_lib.NoisyConfig | N
     n = job.cfg.noisy
     drawn = (f"{n.batch_share:.0%} of each batch noisy, {job.train_batches(global_batch)} batches an epoch"
              if n.batch_share > 0 else "shuffled together with the curated")
-    log.info("training on %d curated + %d noisy clips: noisy loss weight %g, %s", job.curated_clips or 0,
-             job.noisy_clips, n.loss_weight, drawn)
+    smoothed = f", their labels smoothed by {n.label_smoothing:g}" if n.label_smoothing > 0 else ""
+    log.info("training on %d curated + %d noisy clips: noisy loss weight %g, %s%s", job.curated_clips or 0,
+             job.noisy_clips, n.loss_weight, drawn, smoothed)
     return n
 
 

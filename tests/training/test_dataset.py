@@ -302,6 +302,45 @@ def test_trainer_config_refuses_a_warp_of_half_or_more():
         config.trainer_config("default", "augment { freq_warp: 0.5 }")
 
 
+# ------------------------------------------------------------------------------ time_shift
+
+def test_time_shift_rolls_each_example_within_its_bound():
+    """Each example comes out as itself rolled along its frames (nothing lost or invented) by an
+    offset within +-max_share x frames; offsets differ between examples and repeat for a seed."""
+    frames, share = 101, 0.2
+    x = random_mel(batch=32, frames=frames, mels=6)
+    seed = tf.constant([9, 4], tf.int64)
+    out = dataset.time_shift(tf.constant(x), share, seed).numpy()
+    np.testing.assert_array_equal(out, dataset.time_shift(tf.constant(x), share, seed).numpy())
+    assert not np.array_equal(out, dataset.time_shift(tf.constant(x), share, tf.constant([9, 5], tf.int64)).numpy())
+    offsets = []
+    for b in range(len(x)):
+        (k,) = [k for k in range(frames) if np.array_equal(out[b], np.roll(x[b], k, axis=0))]
+        offsets.append(k if k <= frames // 2 else k - frames)
+    assert max(abs(k) for k in offsets) <= int(share * frames)
+    assert min(offsets) < 0 < max(offsets) and len(set(offsets)) >= 10
+    np.testing.assert_array_equal(dataset.time_shift(tf.constant(x), 0.0, seed).numpy(), x)
+
+
+def test_time_shift_applies_to_training_batches_only(train_examples):
+    files, _ = files_of(train_examples, "train")
+    aug = config.trainer_config("default", "augment { mixup_alpha: 0 time_shift: 0.5 }").augment
+    plain = {key(m): m for m, _ in dataset.make_dataset(files, SHAPE, C, 8, training=False) for m in m.numpy()}
+    shifted = [m for m, _ in dataset.make_dataset(files, SHAPE, C, 8, training=True, augment=aug) for m in m.numpy()]
+    assert len(shifted) == len(plain)
+    assert sum(key(m) in plain for m in shifted) <= len(shifted) // 4       # most examples moved
+    rolls = {key(np.roll(m, k, axis=0)) for m in plain.values() for k in range(SHAPE[0])}
+    assert all(key(m) in rolls for m in shifted)                           # each one a roll of a real example
+    eval_batches = dataset.make_dataset(files, SHAPE, C, 8, training=False, augment=aug)
+    assert all(key(m) in plain for mel, _ in eval_batches for m in mel.numpy())
+
+
+@pytest.mark.parametrize("value", [-0.1, 0.6])
+def test_trainer_config_refuses_a_time_shift_outside_0_to_half(value):
+    with pytest.raises(ValueError, match=r"augment.time_shift must be in \[0, 0.5\]"):
+        config.trainer_config("default", f"augment {{ time_shift: {value} }}")
+
+
 # ------------------------------------------------------------------------------ mixup
 
 def test_mixup_is_a_convex_combination_with_a_permutation():

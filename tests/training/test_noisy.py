@@ -107,6 +107,26 @@ def test_noisy_clips_carry_their_loss_weight_and_curated_ones_weight_1(noisy_exa
     assert all(len(b) == 2 for b in ev)
 
 
+def test_noisy_clips_labels_are_smoothed_and_curated_ones_kept(noisy_examples, tmp_path):
+    """label_smoothing 0.2: a noisy clip's labels read 0.9 where it has the label and 0.1 where not;
+    a curated clip's stay 0/1; without a loss weight other than 1 the batches carry no weights."""
+    out, _, sources = noisy_examples
+    plain = {_key(m): y for e in _batches(_job(out, "", tmp_path), 1) for mel, labels in e
+             for m, y in zip(mel, labels)}
+    job = _job(out, "noisy { label_smoothing: 0.2 }", tmp_path)
+    (epoch,) = _batches(job, 1)
+    assert all(len(b) == 2 for b in epoch)
+    for mel, labels in epoch:
+        for m, y in zip(mel, labels):
+            want = plain[_key(m)] * 0.8 + 0.1 if sources[_key(m)] == "noisy" else plain[_key(m)]
+            np.testing.assert_allclose(y, want, atol=1e-6)
+    assert any(sources[_key(m)] == "noisy" for mel, _ in epoch for m in mel)
+    weighted = _job(out, "noisy { label_smoothing: 0.2 loss_weight: 0.5 }", tmp_path)
+    for mel, labels, weight in _batches(weighted, 1)[0]:
+        for m, y, w in zip(mel, labels, weight):
+            assert (sources[_key(m)] == "noisy") == (float(w) == 0.5) == bool(np.any((y > 0) & (y < 1)))
+
+
 def test_mixup_mixes_the_loss_weights_like_the_labels():
     """Each example's mel is a constant c and its weight is c too: after mixup, every example's
     weight must equal its mixed mel's constant (the same lambda and partner)."""
@@ -124,12 +144,13 @@ def test_mixup_mixes_the_loss_weights_like_the_labels():
 def test_train_on_noisy_examples_with_a_share_and_weight(noisy_examples, tmp_path, monkeypatch, caplog):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     out, _, _ = noisy_examples
-    job = _job(out, "epochs: 2 noisy { batch_share: 0.5 loss_weight: 0.5 } augment { mixup_alpha: 0.4 }", tmp_path)
+    job = _job(out, "epochs: 2 noisy { batch_share: 0.5 loss_weight: 0.5 label_smoothing: 0.2 } "
+                    "augment { mixup_alpha: 0.4 time_shift: 0.25 }", tmp_path)
     with caplog.at_level("INFO", logger="fatp.train"):
         res = train.train(job)
     assert res["epochs_run"] == 2 and np.isfinite(res["history"]["loss"]).all()
-    assert f"noisy clips: noisy loss weight 0.5, 50% of each batch noisy, {job.train_batches(8)} batches an epoch" \
-        in caplog.text
+    assert (f"noisy clips: noisy loss weight 0.5, 50% of each batch noisy, {job.train_batches(8)} batches an epoch, "
+            "their labels smoothed by 0.2") in caplog.text
     assert 0 <= res["eval_lwlrap"] <= 1
 
 
@@ -137,6 +158,7 @@ def test_train_on_noisy_examples_with_a_share_and_weight(noisy_examples, tmp_pat
     ("noisy { loss_weight: 0 }", "noisy.loss_weight must be > 0"),
     ("noisy { batch_share: 1 }", r"noisy.batch_share must be in \[0, 1\)"),
     ("noisy { batch_share: -0.1 }", r"noisy.batch_share must be in \[0, 1\)"),
+    ("noisy { label_smoothing: 1 }", r"noisy.label_smoothing must be in \[0, 1\)"),
 ])
 def test_bad_noisy_settings_are_refused(text, message):
     with pytest.raises(ValueError, match=message):
