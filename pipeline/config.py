@@ -161,6 +161,8 @@ def validate_trainer(cfg: TrainerConfig) -> None:
         problems.append("noisy.batch_share must be in [0, 1)")
     if not 0 <= cfg.noisy.label_smoothing < 1:
         problems.append("noisy.label_smoothing must be in [0, 1)")
+    if not 0 <= cfg.noisy.warmup_epochs < cfg.epochs:
+        problems.append("noisy.warmup_epochs must be in [0, epochs): the epochs after it fine-tune on curated clips")
     if problems:
         raise ValueError("invalid TrainerConfig: " + "; ".join(problems))
 

@@ -14,7 +14,9 @@ Examples with noisy clips (FAT2019's train_noisy; NoisyConfig): with `noisy.batc
 training records split by source after the interleave, each source is shuffled and repeated on
 its own and every example is drawn from the noisy one with that probability; a noisy loss weight
 other than 1 makes training batches (mel, labels, weight), which mixup mixes like the labels;
-`noisy.label_smoothing` softens the noisy clips' labels as they are parsed (before mixup).
+`noisy.label_smoothing` softens the noisy clips' labels as they are parsed (before mixup);
+`noisy.warmup_epochs` switches the input to the curated clips alone after the warm-up
+(pipeline/training/warmup.py).
 """
 from __future__ import annotations
 
@@ -139,7 +141,8 @@ def make_dataset(files: list[str], mel_shape: tuple[int, int], num_classes: int,
                  training: bool, augment: AugmentConfig | None = None, shuffle_buffer: int = 2048,
                  seed: int = 1234, num_examples: int | None = None,
                  feature_cfg: FeatureConfig | None = None, deterministic: bool = False,
-                 noisy: NoisyConfig | None = None, curated_examples: int | None = None) -> tf.data.Dataset:
+                 noisy: NoisyConfig | None = None, curated_examples: int | None = None,
+                 noisy_on: tf.Variable | None = None) -> tf.data.Dataset:
     """(mel [batch, frames, mels], multi-hot labels [batch, classes]) batches from TFRecord files.
 
     `num_examples` (from the manifest) declares the number of batches, so Keras shows progress
@@ -148,7 +151,9 @@ def make_dataset(files: list[str], mel_shape: tuple[int, int], num_classes: int,
     batches in the same order on every run with the same seed (evaluation's always are).
     `noisy`: how to train on the noisy clips the files hold (None: there are none; evaluation
     ignores it); with its batch_share > 0, `curated_examples` (the curated clips among the files)
-    sets the epoch's length."""
+    sets the epoch's length; with its warmup_epochs > 0, each epoch reads both sources while the
+    boolean variable `noisy_on` is true and one pass over the curated clips once it is false
+    (pipeline/training/warmup.py sets it per epoch)."""
     if not files:
         raise ValueError("make_dataset needs at least one TFRecord file")
     ordered = deterministic or not training
@@ -161,18 +166,28 @@ def make_dataset(files: list[str], mel_shape: tuple[int, int], num_classes: int,
                        cycle_length=min(len(files), 8) if training else 1, num_parallel_calls=tf.data.AUTOTUNE,
                        deterministic=ordered)
     noisy = noisy if training else None
+    staged = noisy is not None and noisy.warmup_epochs > 0
+    if staged and noisy_on is None:
+        raise ValueError("noisy.warmup_epochs needs the variable that ends the warm-up (warmup.NoisyPhase.on)")
+    records = ds
     if noisy is not None and noisy.batch_share > 0:
         if not curated_examples:
             raise ValueError("noisy.batch_share needs the number of curated training clips (none given)")
-        ds = _sample_sources(ds, noisy.batch_share, shuffle_buffer, seed)
+        ds = _sample_sources(records, noisy.batch_share, shuffle_buffer, seed)
         batches = epoch_batches(curated_examples, noisy.batch_share, batch_size)
         ds = ds.batch(batch_size).take(batches)      # an endless stream: take() makes its length known
     else:
         if training:
             ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
         ds = ds.batch(batch_size, drop_remainder=False)
-        if num_examples is not None:
+        if num_examples is not None and not staged:      # staged: the epochs differ in length
             ds = ds.apply(tf.data.experimental.assert_cardinality(-(-num_examples // batch_size)))
+    if staged:
+        curated = records.filter(lambda s: tf.logical_not(_is_noisy(s))).shuffle(
+            shuffle_buffer, seed=seed + 2, reshuffle_each_iteration=True).batch(batch_size)
+        # read as each batch is chosen; NoisyPhase changes it only between epochs
+        phase = tf.data.Dataset.from_tensors(0).repeat().map(lambda _: tf.cast(tf.logical_not(noisy_on), tf.int64))
+        ds = tf.data.Dataset.choose_from_datasets([ds, curated], phase)
     ds = ds.map(lambda s: _parse_batch(s, mel_shape, num_classes, noisy), num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=ordered)
     if training and augment is not None and (augment.time_masks or augment.freq_masks or augment.mixup_alpha

@@ -2,7 +2,8 @@
 
     epoch 7/30 (12 steps): loss 0.412, val_loss 0.398, val_lwlrap 0.731 (best 0.744 at epoch 5); 12.3 s/epoch, ~4 min left at most
 
-"at most": early stopping may end the run sooner. Logged by every worker to its own log, through
+"at most": early stopping may end the run sooner. Steps are the batches trained in that epoch,
+counted, also where Keras was not told an epoch's length (multi-worker input, a noisy warm-up). Logged by every worker to its own log, through
 Python logging, so it shows at the commands' default level where Keras' own progress bars
 (verbose=1) would flood a log file and verbose=2 says nothing of what is left.
 """
@@ -31,7 +32,10 @@ class EpochProgress(keras.callbacks.Callback):
         self._best, self._best_epoch, self._seconds, self._t0 = None, None, [], 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._t0 = time.time()
+        self._t0, self._steps = time.time(), 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._steps += 1
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -44,6 +48,5 @@ class EpochProgress(keras.callbacks.Callback):
         per_epoch = sum(self._seconds[-3:]) / len(self._seconds[-3:])     # the last few: the first one traces
         left = self._epochs - (epoch + 1)
         eta = f", ~{_duration(per_epoch * left)} left at most" if left else ""
-        steps = (self.params or {}).get("steps")
-        log.info("epoch %d/%d%s: %s%s; %.1f s/epoch%s", epoch + 1, self._epochs, f" ({steps} steps)" if steps else "",
+        log.info("epoch %d/%d (%d steps): %s%s; %.1f s/epoch%s", epoch + 1, self._epochs, self._steps,
                  shown, best, per_epoch, eta)

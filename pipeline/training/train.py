@@ -62,10 +62,18 @@ class TrainJob:
         return (self.train_sources or {}).get(kaggle_layout.CURATED)
 
     def train_batches(self, global_batch: int) -> int | None:
-        """Training batches per epoch at `global_batch` (None: unknown)."""
+        """Training batches per epoch at `global_batch` (None: unknown); with noisy clips and a
+        warm-up, per warm-up epoch."""
         if self.noisy_clips and self.cfg.noisy.batch_share > 0:
             return dataset.epoch_batches(self.curated_clips, self.cfg.noisy.batch_share, global_batch)
         return -(-self.train_examples // global_batch) if self.train_examples else None
+
+    def train_steps(self, global_batch: int) -> int | None:
+        """Optimizer steps of the whole schedule at `global_batch` (None: unknown)."""
+        batches, n = self.train_batches(global_batch), self.cfg.noisy
+        if batches is None or not (self.noisy_clips and n.warmup_epochs):
+            return batches * self.cfg.epochs if batches else None
+        return batches * n.warmup_epochs + -(-self.curated_clips // global_batch) * (self.cfg.epochs - n.warmup_epochs)
 
     @property
     def labels(self) -> list[str]:
@@ -200,8 +208,9 @@ def _noisy_input(job: TrainJob, global_batch: int) -> config_lib.NoisyConfig | N
     drawn = (f"{n.batch_share:.0%} of each batch noisy, {job.train_batches(global_batch)} batches an epoch"
              if n.batch_share > 0 else "shuffled together with the curated")
     smoothed = f", their labels smoothed by {n.label_smoothing:g}" if n.label_smoothing > 0 else ""
-    log.info("training on %d curated + %d noisy clips: noisy loss weight %g, %s%s", job.curated_clips or 0,
-             job.noisy_clips, n.loss_weight, drawn, smoothed)
+    staged = (f"; curated clips only after epoch {n.warmup_epochs}, one pass an epoch" if n.warmup_epochs else "")
+    log.info("training on %d curated + %d noisy clips: noisy loss weight %g, %s%s%s", job.curated_clips or 0,
+             job.noisy_clips, n.loss_weight, drawn, smoothed, staged)
     return n
 
 
@@ -260,6 +269,7 @@ def _train(job: TrainJob, scratch: str | None) -> dict:
     from pipeline.training import export
     from pipeline.training import model as model_lib
     from pipeline.training import resume
+    from pipeline.training import warmup
     from pipeline.metrics.lwlrap_keras import LwlrapMetric
 
     cfg = job.cfg
@@ -274,11 +284,12 @@ def _train(job: TrainJob, scratch: str | None) -> dict:
              "x".join(map(str, job.mel_shape)), num_classes)
     multi_worker = _num_workers() > 1   # the same count that chose the strategy (a chief is a worker too)
     noisy = _noisy_input(job, global_batch)
+    phase = warmup.NoisyPhase(noisy.warmup_epochs) if noisy is not None and noisy.warmup_epochs else None
     make = lambda files, training, n: dataset.make_dataset(  # noqa: E731
         files, job.mel_shape, num_classes, global_batch, training=training, augment=cfg.augment,
         shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed, num_examples=None if multi_worker else n,
         feature_cfg=job.feature_cfg, deterministic=cfg.deterministic_input, noisy=noisy,
-        curated_examples=job.curated_clips)
+        curated_examples=job.curated_clips, noisy_on=phase.on if phase else None)
     train_ds = make(job.train_files, True, job.train_examples)
     eval_ds = make(job.eval_files, False, job.eval_examples)
     if multi_worker:
@@ -287,12 +298,11 @@ def _train(job: TrainJob, scratch: str | None) -> dict:
         train_ds, eval_ds = train_ds.with_options(opts), eval_ds.with_options(opts)
     with strategy.scope():
         model = model_lib.build_model(job.mel_shape, num_classes, cfg)
-        batches = job.train_batches(global_batch)
-        steps = batches * cfg.epochs if batches else None
-        model.compile(optimizer=model_lib.optimizer(cfg, steps), loss=model_lib.loss_fn(cfg),
+        model.compile(optimizer=model_lib.optimizer(cfg, job.train_steps(global_batch)), loss=model_lib.loss_fn(cfg),
                       metrics=[LwlrapMetric(num_classes, name="lwlrap")])
     chief = scratch is None
     callbacks, backup = _callbacks(job, scratch, replicas)
+    callbacks += [phase] if phase else []
     t0 = time.time()
     history = model.fit(train_ds, validation_data=eval_ds, epochs=cfg.epochs, callbacks=callbacks,
                         shuffle=False, verbose=0)    # one line per epoch from EpochProgress

@@ -127,6 +127,50 @@ def test_noisy_clips_labels_are_smoothed_and_curated_ones_kept(noisy_examples, t
             assert (sources[_key(m)] == "noisy") == (float(w) == 0.5) == bool(np.any((y > 0) & (y < 1)))
 
 
+@pytest.mark.parametrize("share", [0.0, 0.5])
+def test_a_warm_up_reads_both_sources_then_one_pass_over_the_curated_clips(noisy_examples, tmp_path, share):
+    """NoisyPhase.on decides each epoch's input when its iterator starts: both sources (as the
+    share says) while true, every curated clip exactly once and no noisy one once false, and
+    back; the epochs have no declared length (they differ)."""
+    from pipeline.training import warmup
+
+    out, _, sources = noisy_examples
+    job = _job(out, f"epochs: 4 noisy {{ warmup_epochs: 2 batch_share: {share} loss_weight: 0.5 }}", tmp_path)
+    phase = warmup.NoisyPhase(job.cfg.noisy.warmup_epochs)
+    ds = dataset.make_dataset(job.train_files, job.mel_shape, len(job.labels), 8, training=True, shuffle_buffer=64,
+                              seed=3, num_examples=job.train_examples, noisy=job.cfg.noisy,
+                              curated_examples=job.train_sources["curated"], noisy_on=phase.on)
+    assert ds.cardinality() == tf.data.UNKNOWN_CARDINALITY
+    curated = sorted(k for k, s in sources.items() if s == "curated")
+    drawn = []
+    for epoch in range(4):
+        phase.on_epoch_begin(epoch)
+        batches = [tuple(t.numpy() for t in b) for b in ds]
+        drawn.append([_key(m) for b in batches for m in b[0]])
+        assert all(len(b) == 3 for b in batches)                          # weights in both phases
+        if epoch >= 2:
+            assert sorted(drawn[-1]) == curated and len(batches) == -(-len(curated) // 8)
+            assert all(set(b[2]) == {1.0} for b in batches)
+    for warm in drawn[:2]:
+        assert any(sources[k] == "noisy" for k in warm)
+        assert len(warm) == (job.train_batches(8) * 8 if share else len(sources))
+    phase.on_epoch_begin(0)                                               # a rerun from epoch 0 warms up again
+    assert any(sources[_key(m)] == "noisy" for b in ds for m in b[0])
+    with pytest.raises(ValueError, match="needs the variable that ends the warm-up"):
+        dataset.make_dataset(job.train_files, job.mel_shape, len(job.labels), 8, training=True, noisy=job.cfg.noisy,
+                             curated_examples=job.train_sources["curated"])
+
+
+def test_a_warm_up_sets_the_schedules_steps(noisy_examples, tmp_path):
+    out, _, sources = noisy_examples
+    curated = list(sources.values()).count("curated")
+    job = _job(out, "epochs: 10 noisy { warmup_epochs: 3 batch_share: 0.5 }", tmp_path)
+    assert job.train_steps(8) == 3 * int(np.ceil(curated / 4)) + 7 * -(-curated // 8)
+    plain = _job(out, "epochs: 10 noisy { warmup_epochs: 3 }", tmp_path)
+    assert plain.train_steps(8) == 3 * -(-len(sources) // 8) + 7 * -(-curated // 8)
+    assert _job(out, "epochs: 10", tmp_path).train_steps(8) == 10 * -(-len(sources) // 8)
+
+
 def test_mixup_mixes_the_loss_weights_like_the_labels():
     """Each example's mel is a constant c and its weight is c too: after mixup, every example's
     weight must equal its mixed mel's constant (the same lambda and partner)."""
@@ -154,11 +198,32 @@ def test_train_on_noisy_examples_with_a_share_and_weight(noisy_examples, tmp_pat
     assert 0 <= res["eval_lwlrap"] <= 1
 
 
+def test_train_warms_up_on_both_sources_then_fine_tunes_on_curated(noisy_examples, tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    out, _, _ = noisy_examples
+    job = _job(out, "epochs: 3 noisy { warmup_epochs: 1 batch_share: 0.25 label_smoothing: 0.1 } "
+                    "optimizer { schedule: COSINE }", tmp_path)
+    with caplog.at_level("INFO", logger="fatp.train"):
+        res = train.train(job)
+    assert res["epochs_run"] == 3 and np.isfinite(res["history"]["loss"]).all()
+    # one warm-up epoch of the share's length, then two passes over the curated clips (Keras took
+    # the first epoch's length as every epoch's: the shorter ones end when their input does)
+    fine = -(-job.train_sources["curated"] // 8)
+    assert fine < job.train_batches(8)
+    assert f"epoch 1/3 ({job.train_batches(8)} steps)" in caplog.text
+    assert f"epoch 2/3 ({fine} steps)" in caplog.text and f"epoch 3/3 ({fine} steps)" in caplog.text
+    assert "curated clips only after epoch 1, one pass an epoch" in caplog.text
+    assert "epoch 1: warm-up on curated + noisy clips until epoch 1" in caplog.text
+    assert "epoch 2: fine-tuning on curated clips only" in caplog.text
+    assert caplog.text.count("fine-tuning on curated clips only") == 1
+
+
 @pytest.mark.parametrize("text,message", [
     ("noisy { loss_weight: 0 }", "noisy.loss_weight must be > 0"),
     ("noisy { batch_share: 1 }", r"noisy.batch_share must be in \[0, 1\)"),
     ("noisy { batch_share: -0.1 }", r"noisy.batch_share must be in \[0, 1\)"),
     ("noisy { label_smoothing: 1 }", r"noisy.label_smoothing must be in \[0, 1\)"),
+    ("epochs: 5 noisy { warmup_epochs: 5 }", r"noisy.warmup_epochs must be in \[0, epochs\)"),
 ])
 def test_bad_noisy_settings_are_refused(text, message):
     with pytest.raises(ValueError, match=message):
@@ -190,3 +255,35 @@ def test_the_tfx_run_fn_trains_with_the_sources_of_its_split_files(noisy_example
     curated = list(sources.values()).count("curated")
     assert (f"training on {curated} curated + {NOISY} noisy clips: noisy loss weight 1, 50% of each batch noisy, "
             f"{int(np.ceil(curated / 4))} batches an epoch") in caplog.text
+
+
+WARMUP_WORKER = '''
+import json, sys
+examples, work = sys.argv[1], sys.argv[2]
+from pipeline import config, logs
+from pipeline.training import train
+logs.setup("INFO")
+cfg = config.trainer_config("small", "epochs: 3 noisy { warmup_epochs: 1 loss_weight: 0.5 }")
+res = train.train(train.job_from_examples(examples, cfg, work, None))
+print("RESULT " + json.dumps({k: res[k] for k in ("replicas", "global_batch", "epochs_run", "weights_sha256")}))
+'''
+
+
+def test_a_warm_up_under_two_workers(noisy_examples, tmp_path):
+    """MultiWorkerMirroredStrategy shards the input by rewriting its graph: the phase variable the
+    input reads must survive that, and both workers must switch together (the same weights)."""
+    from types import SimpleNamespace
+
+    from tests.training.test_train import result_line, run_two_workers
+
+    out, _, sources = noisy_examples
+    outcome = run_two_workers(SimpleNamespace(out=out), tmp_path, keras_patch=True, script=WARMUP_WORKER)
+    for rc, log in outcome:
+        assert rc == 0, log[-4000:]
+        assert "epoch 2: fine-tuning on curated clips only" in log
+    results = [result_line(log) for _, log in outcome]
+    assert {r["replicas"] for r in results} == {2} and {r["epochs_run"] for r in results} == {3}
+    assert results[0]["weights_sha256"] == results[1]["weights_sha256"]
+    # each worker trains on half of each global batch of 16: the curated pass is ceil(curated / 16) steps
+    curated = list(sources.values()).count("curated")
+    assert all(f"epoch 3/3 ({-(-curated // 16)} steps)" in log for _, log in outcome), outcome[0][1][-3000:]
