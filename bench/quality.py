@@ -99,6 +99,8 @@ NOISY_RECIPES = {
     "s25+noisy": ("default", "noisy { loss_weight: 1 batch_share: 0.25 }"),
     "w05s50+noisy": ("default", "noisy { loss_weight: 0.5 batch_share: 0.5 }"),
     "ls20w05s25+noisy": ("default", "noisy { loss_weight: 0.5 batch_share: 0.25 label_smoothing: 0.2 }"),
+    # warm-up: 10 epochs on both sources shuffled together at full weight, then 20 on curated alone
+    "warm10+noisy": ("default", "noisy { loss_weight: 1 batch_share: 0 warmup_epochs: 10 }"),
 }
 
 
