@@ -20,6 +20,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -304,8 +305,12 @@ def _train(job: TrainJob, scratch: str | None) -> dict:
     callbacks, backup = _callbacks(job, scratch, replicas)
     callbacks += [phase] if phase else []
     t0 = time.time()
-    history = model.fit(train_ds, validation_data=eval_ds, epochs=cfg.epochs, callbacks=callbacks,
-                        shuffle=False, verbose=0)    # one line per epoch from EpochProgress
+    with warnings.catch_warnings():
+        # an input without a declared length (multi-worker, a noisy warm-up) ends its epochs by running
+        # out, and Keras warns "...ran out of data; interrupting training" each time: it interrupts nothing
+        warnings.filterwarnings("ignore", message="Your input ran out of data", category=UserWarning)
+        history = model.fit(train_ds, validation_data=eval_ds, epochs=cfg.epochs, callbacks=callbacks,
+                            shuffle=False, verbose=0)    # one line per epoch from EpochProgress
     seconds = time.time() - t0
     results = {"replicas": replicas, "global_batch": global_batch, "epochs_run": len(history.history.get("loss", [])),
                "resumed": backup.restored,
