@@ -2,10 +2,11 @@
 
     epoch 7/30 (12 steps): loss 0.412, val_loss 0.398, val_lwlrap 0.731 (best 0.744 at epoch 5); 12.3 s/epoch, ~4 min left at most
 
-"at most": early stopping may end the run sooner. Steps are the batches trained in that epoch,
-counted, also where Keras was not told an epoch's length (multi-worker input, a noisy warm-up). Logged by every worker to its own log, through
-Python logging, so it shows at the commands' default level where Keras' own progress bars
-(verbose=1) would flood a log file and verbose=2 says nothing of what is left.
+"at most": early stopping may end the run sooner. Steps are the batches the epoch trained,
+counted here, so they show where Keras was not told an epoch's length too (multi-worker input, a
+noisy warm-up). Logged by every worker to its own log, through Python logging, so it shows at the
+commands' default level where Keras' own progress bars (verbose=1) would flood a log file and
+verbose=2 says nothing of what is left.
 """
 from __future__ import annotations
 
