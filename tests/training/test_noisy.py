@@ -260,6 +260,35 @@ def test_the_tfx_run_fn_trains_with_the_sources_of_its_split_files(noisy_example
             f"{int(np.ceil(curated / 4))} batches an epoch") in caplog.text
 
 
+def test_a_run_resumed_after_the_warm_up_goes_on_fine_tuning(noisy_examples, tmp_path, monkeypatch, caplog):
+    """A run that fails in its third epoch (after a 2-epoch warm-up) leaves a backup at epoch 2; the
+    same job run again resumes there, in the fine-tuning phase, and never warms up again."""
+    from pipeline.training import warmup
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    out, _, sources = noisy_examples
+    job = _job(out, "epochs: 4 backup_every_steps: 0 early_stopping_patience: 0 "
+                    "noisy { warmup_epochs: 2 batch_share: 0.25 }", tmp_path)
+    begin = warmup.NoisyPhase.on_epoch_begin
+
+    def fail_in_epoch_3(self, epoch, logs=None):
+        if epoch == 2:
+            raise RuntimeError("killed in epoch 3")
+        begin(self, epoch, logs)
+
+    monkeypatch.setattr(warmup.NoisyPhase, "on_epoch_begin", fail_in_epoch_3)
+    with pytest.raises(RuntimeError, match="killed in epoch 3"):
+        train.train(job)
+    monkeypatch.setattr(warmup.NoisyPhase, "on_epoch_begin", begin)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="fatp.train"):
+        res = train.train(job)
+    assert res["resumed"]["epoch"] == 2 and res["epochs_run"] == 2
+    fine = -(-list(sources.values()).count("curated") // 8)
+    assert "epoch 3: fine-tuning on curated clips only" in caplog.text and "warm-up on" not in caplog.text
+    assert f"epoch 3/4 ({fine} steps)" in caplog.text and f"epoch 4/4 ({fine} steps)" in caplog.text
+
+
 WARMUP_WORKER = '''
 import json, sys
 examples, work = sys.argv[1], sys.argv[2]
