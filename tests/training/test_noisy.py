@@ -1,5 +1,7 @@
 """Training on FAT2019's noisy clips (issue 22 §3, NoisyConfig): each noisy clip's loss weight, the
-share of each batch drawn from them and what an epoch is then; evaluation sees curated clips only.
+share of each batch drawn from them and what an epoch is then, their smoothed labels, a warm-up on
+both sources before fine-tuning on curated clips (one and two workers, resumed); evaluation sees
+curated clips only.
 Real Examples: the demo layout with a train_noisy subset through the feature job (small preset)."""
 from __future__ import annotations
 
