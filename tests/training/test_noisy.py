@@ -291,27 +291,18 @@ def test_a_run_resumed_after_the_warm_up_goes_on_fine_tuning(noisy_examples, tmp
     assert f"epoch 3/4 ({fine} steps)" in caplog.text and f"epoch 4/4 ({fine} steps)" in caplog.text
 
 
-WARMUP_WORKER = '''
-import json, sys
-examples, work = sys.argv[1], sys.argv[2]
-from pipeline import config, logs
-from pipeline.training import train
-logs.setup("INFO")
-cfg = config.trainer_config("small", "epochs: 3 noisy { warmup_epochs: 1 loss_weight: 0.5 }")
-res = train.train(train.job_from_examples(examples, cfg, work, None))
-print("RESULT " + json.dumps({k: res[k] for k in ("replicas", "global_batch", "epochs_run", "weights_sha256")}))
-'''
-
-
 def test_a_warm_up_under_two_workers(noisy_examples, tmp_path):
     """MultiWorkerMirroredStrategy shards the input by rewriting its graph: the phase variable the
     input reads must survive that, and both workers must switch together (the same weights)."""
     from types import SimpleNamespace
 
-    from tests.training.test_train import result_line, run_two_workers
+    from tests.training.test_train import WORKER, result_line, run_two_workers
 
     out, _, sources = noisy_examples
-    outcome = run_two_workers(SimpleNamespace(out=out), tmp_path, keras_patch=True, script=WARMUP_WORKER)
+    script = WORKER.replace('config.trainer_config("small", "epochs: 1")',
+                            'config.trainer_config("small", "epochs: 3 noisy { warmup_epochs: 1 loss_weight: 0.5 }")')
+    assert script != WORKER
+    outcome = run_two_workers(SimpleNamespace(out=out), tmp_path, keras_patch=True, script=script)
     for rc, log in outcome:
         assert rc == 0, log[-4000:]
         assert "epoch 2: fine-tuning on curated clips only" in log
