@@ -8,6 +8,7 @@ Pusher (components/serving_pusher). Plain names, no TensorFlow: every stage may 
         saved_model.pb, variables/
         assets/labels.txt           the label order of `scores`
         assets/feature_config.pbtxt the FeatureConfig the model was trained on
+        assets/serving_config.pbtxt the ServingConfig it enforces (max_batch: every caller's batch limit)
         assets.extra/tf_serving_warmup_requests
 """
 from __future__ import annotations
@@ -30,6 +31,7 @@ SAMPLE_RATE = "sample_rate"               # serving_waveform's and serving_audio
 
 LABELS_ASSET = os.path.join("assets", "labels.txt")
 FEATURES_ASSET = os.path.join("assets", "feature_config.pbtxt")
+SERVING_ASSET = os.path.join("assets", "serving_config.pbtxt")
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 
 _VERSION = re.compile(r"^[0-9]+$")        # ASCII digits only: str.isdigit() also takes "²"

@@ -7,14 +7,15 @@
         -> outputs["submission"]: a Submission artifact, SUBMISSION_URI/submission.csv
 
 Rows follow sample_submission.csv's order and columns its label order (matched by the label names
-the model returns), written by fatp-predict's own writer (pipeline.serving.predict.finish_submission).
+the model returns), written by a Beam job that joins scores to the sample's rows by file name
+(pipeline.serving.submission, as fatp-batch-predict does): no worker holds every clip's scores.
 BulkInferrer writes nothing for a model that is not blessed: the writer then writes no file and
 records why (`written` 0, `reason`); a blessed model's predictions that miss a row of the sample
 fail the component, naming the clips, unless `allow_missing` writes zeros for them.
 """
 from __future__ import annotations
 
-from tfx.dsl.components.base import base_component, executor_spec
+from tfx.dsl.components.base import base_beam_component, executor_spec
 from tfx.types import artifact, channel, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
@@ -38,9 +39,9 @@ class SubmissionWriterSpec(ComponentSpec):
     OUTPUTS = {executor.SUBMISSION: ChannelParameter(type=Submission)}
 
 
-class SubmissionWriter(base_component.BaseComponent):
+class SubmissionWriter(base_beam_component.BaseBeamComponent):
     SPEC_CLASS = SubmissionWriterSpec
-    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(executor.Executor)
+    EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
 
     def __init__(self, inference_result, sample_submission: str, model_blessing=None, allow_missing: bool = False):
         super().__init__(spec=SubmissionWriterSpec(

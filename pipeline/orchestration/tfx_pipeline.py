@@ -10,7 +10,8 @@
       -> Pusher (only a blessed model, and not one already served whole; components/serving_pusher)
          -> SERVING_ROOT/<model_name>/<version>/   (copied aside and renamed in; version above the newest)
     when DATA holds test/ and sample_submission.csv:
-    TestExampleGen (the same component, mode TEST) -> BulkInferrer (the Model, only if blessed)
+    TestExampleGen (the same component, mode TEST) -> BulkInferrer (the Model, only if blessed; TFX's,
+      sending at most the model's ServingConfig.max_batch examples a call: components/bulk_inferrer)
       -> SubmissionWriter (components/submission_writer: PIPELINE_ROOT/SubmissionWriter/submission/<id>/submission.csv)
 
 Every argument is explicit (no module-level settings), as in TFX's templates, so tests, the local
@@ -53,13 +54,14 @@ def _test_components(data_dir, example_gen_config, trainer, evaluator) -> list:
     from tfx import v1 as tfx
 
     from components.audio_example_gen import AudioExampleGen
+    from components.bulk_inferrer import BulkInferrer
     from components.submission_writer import SubmissionWriter
 
     cfg = type(example_gen_config)()
     cfg.CopyFrom(example_gen_config)
     cfg.mode, cfg.csv, cfg.audio_dir = cfg.TEST, SAMPLE_SUBMISSION, TEST_AUDIO
     test_gen = AudioExampleGen(data_dir=data_dir, config=cfg).with_id("TestExampleGen")
-    inferrer = tfx.components.BulkInferrer(
+    inferrer = BulkInferrer(   # TFX's, at most the model's max_batch examples a call
         examples=test_gen.outputs["examples"], model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
         data_spec=tfx.proto.DataSpec(example_splits=["test"]),

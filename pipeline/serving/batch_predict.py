@@ -17,7 +17,8 @@ which refuses a SavedModel, and cannot pick a signature). The features are the m
 field is refused, as local fatp-predict refuses examples made with other features.
 
     OUT/scores-SSSSS-of-NNNNN.csv  fname,label_1,score_1,...,label_K,score_K: the top K labels of each clip
-    OUT/submission.csv             with --sample_submission: its rows and columns (predict.finish_submission)
+    OUT/submission.csv             with --sample_submission: its rows and columns, joined by file name
+                                   without gathering every clip's scores (pipeline.serving.submission)
     OUT/dead_letters.jsonl         clips that could not be scored: fname, line, stage, reason, detail
     OUT/manifest.json              written last: status complete/failed, counts, shards, model
 
@@ -48,6 +49,7 @@ from pipeline.data import example_schema as examples
 from pipeline.data import job_output as output
 from pipeline.data import kaggle_layout
 from pipeline.serving import predict
+from pipeline.serving import submission as submission_lib
 
 log = logging.getLogger("fatp.batch_predict")
 
@@ -121,17 +123,6 @@ def top_k_line(fname_scores, labels: list[str], k: int) -> str:
     return buf.getvalue()
 
 
-def _write_submission(_, scored: list, order: list[str], columns: list[str], model_labels: list[str], out_path: str,
-                      allow_missing: bool, model_dir: str) -> dict:
-    """The submission from every clip's scores (predict.finish_submission); a missing row without
-    --allow_missing is the run's failure, returned (not raised) for the manifest to say."""
-    try:
-        return predict.finish_submission(order, columns, model_labels, dict(scored), out_path, allow_missing,
-                                          model_dir, f"see {output.DEAD_LETTERS}")
-    except ValueError as e:
-        return {"error": str(e)}
-
-
 def _write_manifest(_, scored: int, dead: dict, shards: list, submission: dict | None, static: dict,
                     output_dir: str) -> dict:
     status, reason = output.STATUS_COMPLETE, ""
@@ -147,14 +138,14 @@ def _write_manifest(_, scored: int, dead: dict, shards: list, submission: dict |
                    "failed_by_reason": dead["by_reason"]},
         "scores": sorted(os.path.basename(s) for s in shards),
         "submission": (None if not submission or "error" in submission else
-                       {"path": SUBMISSION, **{k: submission[k] for k in ("rows", "scored", "missing")}}),
+                       {"path": SUBMISSION, **{k: submission[k] for k in ("rows", "scored", "missing", "missing_named")}}),
     })
     fileio.write_json(fileio.join(output_dir, output.MANIFEST), manifest)
     return manifest
 
 
 def build(p: beam.Pipeline, *, model_dir: str, audio_dir: str, output_dir: str, cfg, labels: list[str],
-          sample_submission: str | None = None, columns: list[str] | None = None, order: list[str] | None = None,
+          sample_submission: str | None = None, columns: list[str] | None = None,
           top_k: int = 5, batch_size: int = 8, inference_batch_size: int = 64, allow_missing: bool = False) -> None:
     """Add the job to `p`: clips -> features -> RunInference -> score shards, submission, dead letters, manifest."""
     if sample_submission:
@@ -180,9 +171,9 @@ def build(p: beam.Pipeline, *, model_dir: str, audio_dir: str, output_dir: str, 
     submission = None
     if sample_submission:
         submission = beam.pvalue.AsSingleton(
-            trigger | "WriteSubmission" >> beam.Map(_write_submission, beam.pvalue.AsList(scored), order, columns,
-                                                    labels, fileio.join(output_dir, SUBMISSION), allow_missing,
-                                                    model_dir))
+            scored | "WriteSubmission" >> submission_lib.WriteSubmission(
+                sample_submission, columns, labels, fileio.join(output_dir, SUBMISSION), allow_missing, model_dir,
+                f"see {output.DEAD_LETTERS}"))
     static = {"mode": "batch_predict", "model": model_dir, "audio_dir": audio_dir,
               "sample_submission": sample_submission, "top_k": top_k, "allow_missing": allow_missing,
               "feature_config_text": config_lib.to_text(cfg), "dead_letters": output.DEAD_LETTERS}
@@ -203,7 +194,9 @@ def arg_parser() -> argparse.ArgumentParser:
     ap.add_argument("--top_k", type=int, default=5, help="labels per clip in the score shards")
     ap.add_argument("--feature_config", help="a FeatureConfig text proto over the model's: only `limits` may differ")
     ap.add_argument("--batch_size", type=int, default=8, help="clips per call of the feature function")
-    ap.add_argument("--inference_batch_size", type=int, default=64, help="largest batch RunInference sends the model")
+    ap.add_argument("--inference_batch_size", type=int,
+                    help="largest batch RunInference sends the model (default and most: the model's own "
+                         "ServingConfig.max_batch, assets/serving_config.pbtxt)")
     ap.add_argument("--allow_missing", action="store_true",
                     help="write zeros for rows of sample_submission.csv without scores instead of failing")
     ap.add_argument("--overwrite", action="store_true", help="replace a previous run's output in --output_dir")
@@ -242,10 +235,18 @@ def run(argv: list[str] | None = None) -> int:
             raise ValueError("--top_k must be >= 1")
         model_dir = predict.resolve_version(args.model)
         cfg = _features(model_dir, args.feature_config)
+        limit = predict.model_max_batch(model_dir)
+        inference_batch = args.inference_batch_size or limit
+        if not 1 <= inference_batch <= limit:
+            raise ValueError(f"--inference_batch_size {inference_batch}: the model takes 1 to {limit} examples "
+                             "a call (its ServingConfig.max_batch)")
         labels = kaggle_layout.load_vocabulary(os.path.join(model_dir, layout.LABELS_ASSET))
-        order = columns = None
+        if args.top_k > len(labels):
+            raise ValueError(f"--top_k {args.top_k}: the model has {len(labels)} labels")
+        columns = None
         if sample:
-            order, columns = predict.submission_rows(sample), kaggle_layout.load_vocabulary(sample)
+            predict.submission_rows(sample)       # refuses a sample with rows that cannot be used, before the job
+            columns = kaggle_layout.load_vocabulary(sample)
             if sorted(columns) != sorted(labels):
                 raise ValueError(f"{sample}'s label columns differ from the model's labels "
                                  f"({len(set(columns) ^ set(labels))} labels differ)")
@@ -262,8 +263,8 @@ def run(argv: list[str] | None = None) -> int:
     t0 = time.time()
     with beam.Pipeline(options=runners.pipeline_options(beam_args)) as p:
         build(p, model_dir=model_dir, audio_dir=audio_dir, output_dir=args.output_dir, cfg=cfg, labels=labels,
-              sample_submission=sample, columns=columns, order=order, top_k=args.top_k, batch_size=args.batch_size,
-              inference_batch_size=args.inference_batch_size, allow_missing=args.allow_missing)
+              sample_submission=sample, columns=columns, top_k=args.top_k, batch_size=args.batch_size,
+              inference_batch_size=inference_batch, allow_missing=args.allow_missing)
     seconds = time.time() - t0
     manifest = output.read_manifest(args.output_dir)
     if manifest is None:

@@ -42,6 +42,7 @@ from pipeline import logs
 from pipeline import saved_model_layout as layout
 from pipeline.training import dataset
 from pipeline.data import kaggle_layout
+from pipeline.serving import submission
 from pipeline.data import job_output as output
 
 log = logging.getLogger("fatp.predict")
@@ -69,11 +70,28 @@ def submission_rows(sample_submission: str) -> list[str]:
     return [r.fname for r in rows]
 
 
+def _model_asset(model_dir: str, asset: str, message_cls):
+    """A config the export wrote beside the graph, or None for a model exported without it (any
+    filesystem TensorFlow reads: local, gs://, ...)."""
+    import tensorflow as tf
+
+    path = os.path.join(model_dir, asset)
+    return config_lib.from_text(fileio.read_text(path), message_cls) if tf.io.gfile.exists(path) else None
+
+
 def model_features(model_dir: str):
     """The FeatureConfig the model was trained on (assets/feature_config.pbtxt), or None for a model
     exported without it."""
-    path = os.path.join(model_dir, layout.FEATURES_ASSET)
-    return config_lib.from_text(fileio.read_text(path)) if os.path.exists(path) else None
+    return _model_asset(model_dir, layout.FEATURES_ASSET, config_lib.FeatureConfig)
+
+
+def model_max_batch(model_dir: str) -> int:
+    """The most clips the model takes in one call (its ServingConfig.max_batch, refused above that
+    inside the graph): the batch limit of every caller that batches for it: BulkInferrer, the
+    Evaluator, batch_predict. A model exported before the limit was recorded (no
+    assets/serving_config.pbtxt) enforces the default, which is what it gets."""
+    cfg = _model_asset(model_dir, layout.SERVING_ASSET, config_lib.ServingConfig)
+    return (cfg or config_lib.ServingConfig()).max_batch
 
 
 def check_features(model_dir: str, theirs, what: str) -> None:
@@ -114,21 +132,14 @@ def score_examples(model_dir: str, files: list[str], batch_size: int = 64) -> tu
 
 
 def write_submission(path: str, order: list[str], columns: list[str], by_fname: dict[str, np.ndarray]) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["fname", *columns])
-    for fname in order:
-        w.writerow([fname, *(f"{v:.6g}" for v in by_fname[fname])])
-    fileio.write_text(path, buf.getvalue())
+    fileio.write_text(path, submission.header(columns) + "".join(submission.csv_line(f, by_fname[f]) for f in order))
 
 
 def finish_submission(order: list[str], columns: list[str], model_labels: list[str], by_fname: dict, out_path: str,
             allow_missing: bool, source: str, why_missing: str) -> dict:
-    """Reorder columns by label name, check for missing clips, write the CSV; the summary."""
-    if sorted(columns) != sorted(model_labels):
-        raise ValueError(f"the submission's label columns differ from the model's labels "
-                         f"({len(set(columns) ^ set(model_labels))} labels differ)")
-    reorder = [model_labels.index(c) for c in columns]
+    """Reorder columns by label name, check for missing clips, write the CSV; the summary. (In
+    memory, for one process's clips; a Beam job writes through submission.WriteSubmission.)"""
+    reorder = submission.column_order(columns, model_labels)
     by_fname = {f: np.asarray(s)[reorder] for f, s in by_fname.items()}
     missing = [f for f in order if f not in by_fname]
     if missing and not allow_missing:

@@ -233,5 +233,8 @@ def _write(target: str, model: keras.Model, feature_cfg: config_lib.FeatureConfi
     tf.io.gfile.copy(labels_path, os.path.join(target, layout.LABELS_ASSET), overwrite=True)
     with tf.io.gfile.GFile(os.path.join(target, layout.FEATURES_ASSET), "w") as f:
         f.write(config_lib.to_text(feature_cfg))
+    # the limits the graph enforces, for callers that batch (BulkInferrer, the Evaluator, batch_predict)
+    with tf.io.gfile.GFile(os.path.join(target, layout.SERVING_ASSET), "w") as f:
+        f.write(config_lib.resolved_text(serving_cfg))
     if serving_cfg.warmup_requests > 0:
         write_warmup(target, warmup_requests(feature_cfg, serving_cfg.warmup_requests))

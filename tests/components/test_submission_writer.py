@@ -51,7 +51,8 @@ def _run(predictions, tmp_path, fnames, blessed=1, allow_missing=0):
     blessing.set_int_custom_property("blessed", blessed)
     out = _artifact(Submission, tmp_path / "submission")
     (tmp_path / "submission").mkdir()
-    executor.Executor().Do({"inference_result": [_artifact(standard_artifacts.InferenceResult, folder)],
+    ctx = executor.Executor.Context(beam_pipeline_args=["--runner=FnApiRunner"])
+    executor.Executor(ctx).Do({"inference_result": [_artifact(standard_artifacts.InferenceResult, folder)],
                             "model_blessing": [blessing]}, {"submission": [out]},
                            {"sample_submission": str(sample), "allow_missing": allow_missing})
     return out, columns

@@ -523,6 +523,34 @@ def test_a_serving_config_the_model_would_refuse_stops_the_run_before_it_starts(
     assert not (tmp_path / "pipeline" / "metadata.sqlite").exists()
 
 
+def test_every_call_of_the_model_stays_within_its_max_batch(tmp_path):
+    """A test split and an eval split larger than ServingConfig.max_batch (1 here, 64 by default):
+    BulkInferrer's RunInference and TFMA's reads grow their batches past it unless capped, and the
+    export refuses every call above it. Without the caps the BulkInferrer failed the run and TFMA
+    fell back to one example a call ("Large batch_size ... failed", logged at WARNING)."""
+    import csv
+
+    demo_data.generate(str(tmp_path / "data"), train=40, test=12, seed=3, broken=False)
+    cfg = tmp_path / "serving.pbtxt"
+    cfg.write_text("max_batch: 1 warmup_requests: 1")
+    logs = io.StringIO()
+    handler = logging.StreamHandler(logs)
+    logging.getLogger().addHandler(handler)          # TFMA logs its fallback on absl's logger
+    try:
+        rc = local_runner.run(_flags(tmp_path, tmp_path / "data", serving_config=cfg, min_lwlrap=0,
+                                     log_level="WARNING"))
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert rc == 0
+    store = run_report.open_store(str(tmp_path / "pipeline" / "metadata.sqlite"))
+    runs = {r.component: r for r in run_report.component_runs(store, NAME, run_report.latest_run_id(store, NAME))}
+    evaluated = lwlrap_tfma.evaluation_metrics(runs["Evaluator"].outputs["evaluation"][0].uri)
+    assert evaluated["examples"] > 2 and "Large batch_size" not in logs.getvalue()
+    submission = runs["SubmissionWriter"].outputs["submission"][0]
+    with open(os.path.join(submission.uri, "submission.csv"), newline="") as f:
+        assert len(list(csv.reader(f))) == 1 + 12
+
+
 @pytest.fixture(scope="module")
 def team(tmp_path_factory, mariadb):
     """Two machines of a team: pipeline roots alice/ and bob/, the data and the serving root on

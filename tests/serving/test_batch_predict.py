@@ -113,7 +113,7 @@ def test_a_clip_without_scores_fails_the_run_by_name_unless_allowed(trained, dat
     assert run(results["export_path"], out, "--data_dir", str(data), "--direct_num_workers=1", "--allow_missing",
                "--overwrite") == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["status"] == "complete" and manifest["submission"]["missing"] == ["broken.wav"]
+    assert manifest["status"] == "complete" and manifest["submission"]["missing"] == 1 and manifest["submission"]["missing_named"] == ["broken.wav"]
     _, rows = read_csv(out / "submission.csv")
     assert rows[3][0] == "broken.wav" and set(rows[3][1:]) == {"0"} and len(rows) == 9
 
