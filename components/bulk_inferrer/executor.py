@@ -1,4 +1,5 @@
-"""TFX's BulkInferrer executor with RunInference's batches capped at the model's max_batch.
+"""TFX's BulkInferrer executor: the served model (the candidate, or the baseline that scored higher),
+RunInference's batches capped at its max_batch.
 
 tfx_bsl's InferenceSpecType has `batch_parameters` (BatchElements' min/max batch size), but TFX's
 executor sets none, and tfx_bsl 1.21's RunInferenceImpl wraps the model handler in a
@@ -18,6 +19,7 @@ from tfx.components.bulk_inferrer import executor as tfx_executor
 from pipeline.serving import predict
 
 log = logging.getLogger(__name__)
+BASELINE_MODEL = "baseline_model"
 
 
 @contextlib.contextmanager
@@ -33,8 +35,30 @@ def forwarded_batch_settings():
         yield
 
 
+def served_model(input_dict: dict) -> dict:
+    """The inputs with `model` replaced by the baseline when the blessing names it the best on the
+    same clips (the Pusher then keeps serving it); the baseline input itself removed (TFX's executor
+    knows no such key)."""
+    from tfx.types import standard_component_specs as specs
+
+    from components.evaluator import executor as evaluator
+
+    baseline = (input_dict.get(BASELINE_MODEL) or [None])[0]
+    inputs = {k: v for k, v in input_dict.items() if k != BASELINE_MODEL}
+    blessing = (inputs.get(specs.MODEL_BLESSING_KEY) or [None])[0]
+    if blessing is None or not blessing.has_custom_property(evaluator.BEST_ID) or baseline is None:
+        return inputs
+    best = blessing.get_int_custom_property(evaluator.BEST_ID)
+    if best != inputs[specs.MODEL_KEY][0].id and best == baseline.id:
+        log.info("scoring with the served model %d, not the candidate: %s", best,
+                 blessing.get_string_custom_property(evaluator.NOT_BEST))
+        inputs[specs.MODEL_KEY] = [baseline]
+    return inputs
+
+
 class Executor(tfx_executor.Executor):
     def Do(self, input_dict, output_dict, exec_properties) -> None:
+        input_dict = served_model(input_dict)
         with forwarded_batch_settings():
             super().Do(input_dict, output_dict, exec_properties)
 

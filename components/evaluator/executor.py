@@ -17,7 +17,9 @@ Before TFX evaluates:
 After it, the blessing records what was compared and, in words, why the model was not blessed
 (BASELINE_NOTE, REASON), and when blessed the best model so far, BEST_ID: the winner of this
 head-to-head on the same clips (the candidate unless the baseline scored higher), which the next
-run's BEST baseline is.
+run's BEST baseline is; when that is the baseline, NOT_BEST says so with the paired difference, and
+the Pusher keeps serving the baseline (components/serving_pusher) and BulkInferrer scores the test
+clips with it (components/bulk_inferrer).
 While TFX evaluates, its TFXIO source reads batches of at most the models' max_batch examples
 (pipeline.serving.predict.model_max_batch): TFX calls `BeamSource()` with no size, batches then
 grow towards 1,000, the export refuses each one above max_batch, and TFMA retries the refused
@@ -49,6 +51,7 @@ BLESSING_CONFIG = "blessing_config"       # exec property: the BlessingConfig as
 BASELINE_NOTE = "baseline_note"           # blessing properties written here
 REASON = "reason"
 BEST_ID = "best_model_id"
+NOT_BEST = "not_best"                     # blessed, but the baseline scored higher: why it is not pushed
 
 
 def read_labels(model) -> list[str] | None:
@@ -114,6 +117,13 @@ def capped_batches(limit: int):
         yield
 
 
+def not_best(m: dict, baseline_id: int) -> str:
+    """Why a blessed candidate is not served: the baseline scored higher on the same clips."""
+    ci = f" [{m['diff_ci'][0]:+.4f}, {m['diff_ci'][1]:+.4f}]" if m.get("diff_ci") else ""
+    return (f"the served model (model {baseline_id}) scored higher on the same clips: candidate - baseline "
+            f"{m['diff']:+.4f}{ci}")
+
+
 def _fmt(x) -> str:
     return "?" if x is None else f"{x:.4f}"
 
@@ -162,6 +172,8 @@ class Executor(tfx_evaluator.Executor):
             beaten = baseline is not None and m["baseline"] is not None and m["baseline"] > m["candidate"]
             best = baseline if beaten else candidate
             blessing.set_int_custom_property(BEST_ID, best.id)
+            if beaten:
+                blessing.set_string_custom_property(NOT_BEST, not_best(m, baseline.id))
             return
         result = tfma.load_validation_result(evaluation.uri)
         reasons = [refusal(f, m, cfg) for s in result.metric_validations_per_slice for f in s.failures]

@@ -28,6 +28,9 @@ another machine) and named in a warning, for a person to clear those of killed p
 stores have no rename: there the files are copied in place, saved_model.pb last (as TFX's Pusher
 does), and the completeness check above keeps a torn copy from being reused.
 
+Blessed but not the best on the same clips (the Evaluator's best_model_id names the baseline):
+not pushed, with the reason recorded (`reason`); the served model stays.
+
 Not blessed, or another destination: TFX's Pusher unchanged.
 """
 from __future__ import annotations
@@ -49,6 +52,7 @@ log = logging.getLogger(__name__)
 FINGERPRINT = "fingerprint.pb"
 SAVED_MODEL = "saved_model.pb"
 REUSED = "reused_version"
+REASON = "reason"          # why a blessed model was not pushed
 _CHUNK = 1 << 20
 
 
@@ -131,6 +135,25 @@ def push_new_version(model_path: str, base_directory: str) -> str:
     return final
 
 
+def not_the_best(input_dict) -> str:
+    """'' when the model is the best the Evaluator saw on the same clips (or no best was recorded:
+    blessings from before best_model_id); else why it is not pushed. The Evaluator blesses a
+    candidate within the tolerance of the baseline; serving it would replace a model that scored
+    higher, so only the best is served."""
+    from components.evaluator import executor as evaluator
+
+    blessing = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_BLESSING_KEY])
+    model = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_KEY])
+    if not blessing.has_custom_property(evaluator.BEST_ID):
+        return ""
+    best = blessing.get_int_custom_property(evaluator.BEST_ID)
+    if best == model.id:
+        return ""
+    note = blessing.get_string_custom_property(evaluator.NOT_BEST) if blessing.has_custom_property(
+        evaluator.NOT_BEST) else f"model {best} scored higher on the same clips"
+    return f"blessed, not pushed: {note}"
+
+
 class Executor(tfx_pusher.Executor):
     def Do(self, input_dict, output_dict, exec_properties) -> None:
         destination = pusher_pb2.PushDestination()
@@ -143,6 +166,12 @@ class Executor(tfx_pusher.Executor):
             raise NotImplementedError(f"Invalid Versioning {fs.versioning}")
         self._log_startup(input_dict, output_dict, exec_properties)
         model_push = artifact_utils.get_single_instance(output_dict[standard_component_specs.PUSHED_MODEL_KEY])
+        why = not_the_best(input_dict)
+        if why:
+            log.info("%s", why)
+            self._MarkNotPushed(model_push)
+            model_push.set_string_custom_property(REASON, why)
+            return
         model_path = self.GetModelPath(input_dict)
         newest = newest_version(fs.base_directory)
         reused = newest is not None and is_complete_copy(model_path, newest)

@@ -222,7 +222,7 @@ def describe(run: ComponentRun) -> str:
                 return f"already serving {prop(pm, 'pushed_destination')} (the same model; nothing copied)"
             if prop(pm, "pushed") == 1:
                 return f"pushed {prop(pm, 'pushed_destination')}"
-            return "not pushed (model not blessed)"
+            return prop(pm, "reason") or "not pushed (model not blessed)"     # or "blessed, not pushed: ..."
         if run.component == "SubmissionWriter" and first("submission") is not None:
             sub = first("submission")
             if prop(sub, "written") == 1:

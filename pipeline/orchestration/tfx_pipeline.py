@@ -7,7 +7,8 @@
          BlessingConfig LATEST the latest (TFX's LatestBlessedModelStrategy, which Kubeflow V2 needs)
       -> Evaluator (components/evaluator: TFX's, with TFMA's lwlrap, pipeline.metrics.lwlrap_tfma): a
          baseline with other labels is none; blesses on the BlessingConfig's bar and gate
-      -> Pusher (only a blessed model, and not one already served whole; components/serving_pusher)
+      -> Pusher (only a blessed model that is the best on the same clips, and not one already served
+         whole; components/serving_pusher)
          -> SERVING_ROOT/<model_name>/<version>/   (copied aside and renamed in; version above the newest)
     when DATA holds test/ and sample_submission.csv:
     TestExampleGen (the same component, mode TEST) -> BulkInferrer (the Model, only if blessed; TFX's,
@@ -49,8 +50,9 @@ def has_test_data(data_dir: str) -> bool:
         return False
 
 
-def _test_components(data_dir, example_gen_config, trainer, evaluator) -> list:
-    """TestExampleGen -> BulkInferrer (blessed models only, serving_default) -> SubmissionWriter."""
+def _test_components(data_dir, example_gen_config, trainer, evaluator, baseline) -> list:
+    """TestExampleGen -> BulkInferrer (blessed models only, serving_default; the served one: the
+    baseline where it scored higher) -> SubmissionWriter."""
     from tfx import v1 as tfx
 
     from components.audio_example_gen import AudioExampleGen
@@ -63,7 +65,7 @@ def _test_components(data_dir, example_gen_config, trainer, evaluator) -> list:
     test_gen = AudioExampleGen(data_dir=data_dir, config=cfg).with_id("TestExampleGen")
     inferrer = BulkInferrer(   # TFX's, at most the model's max_batch examples a call
         examples=test_gen.outputs["examples"], model=trainer.outputs["model"],
-        model_blessing=evaluator.outputs["blessing"],
+        model_blessing=evaluator.outputs["blessing"], baseline_model=baseline.outputs["model"],
         data_spec=tfx.proto.DataSpec(example_splits=["test"]),
         model_spec=tfx.proto.ModelSpec(model_signature_name=[layout.SERVING_DEFAULT]))
     writer = SubmissionWriter(inference_result=inferrer.outputs["inference_result"],
@@ -161,7 +163,7 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_dir: str, se
     components = [example_gen, statistics_gen, schema_gen, example_validator, trainer, baseline, evaluator, pusher]
     if has_test_data(data_dir) if test_data is None else test_data:
         components += _test_components(data_dir, example_gen_config or config_lib.example_gen_config(), trainer,
-                                       evaluator)
+                                       evaluator, baseline)
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,

@@ -215,6 +215,11 @@ def test_the_best_blessed_model_stays_the_baseline_so_quality_cannot_drift(artif
                           baseline="good")
     assert _verdict(second) == "BLESSED" and m["baseline"] > m["candidate"]
     assert second.get_int_custom_property("best_model_id") == 42      # the baseline won on the same clips
+    low, high = m["diff_ci"]
+    assert second.get_string_custom_property("not_best") == (
+        f"the served model (model 42) scored higher on the same clips: candidate - baseline {m['diff']:+.4f} "
+        f"[{low:+.4f}, {high:+.4f}]")
+    assert not first.has_custom_property("not_best")
     pool = (models["good"], models["worse"])
     assert _resolve(BestBlessedModelStrategy, pool, first, second) == 42
     assert _resolve(LatestBlessedModelStrategy, pool, first, second) == 43

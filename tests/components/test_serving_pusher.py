@@ -60,11 +60,17 @@ def clock(monkeypatch):
     monkeypatch.setattr(time, "time", lambda: NOW)
 
 
-def push(model, base, out, blessed=True):
-    """The executor's Do as TFX's launcher calls it; returns the PushedModel artifact."""
+def push(model, base, out, blessed=True, best_model_id=None, not_best=None):
+    """The executor's Do as TFX's launcher calls it; returns the PushedModel artifact. best_model_id,
+    not_best: what the Evaluator records when blessing (the best model on the same clips, and why
+    when that is the baseline)."""
     blessing = standard_artifacts.ModelBlessing()
     blessing.uri = str(out / "blessing")
     blessing.set_int_custom_property("blessed", int(blessed))
+    if best_model_id is not None:
+        blessing.set_int_custom_property("best_model_id", best_model_id)
+    if not_best is not None:
+        blessing.set_string_custom_property("not_best", not_best)
     pushed = standard_artifacts.PushedModel()
     pushed.uri = str(out / f"pushed-{len(os.listdir(out)) if out.exists() else 0}")
     destination = pusher_pb2.PushDestination(filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=str(base)))
@@ -225,3 +231,21 @@ def test_an_object_store_gets_whole_versions_in_place_and_no_temporary_folder(mo
     assert again.get_int_custom_property(pusher.REUSED) == 1
     assert other.get_string_custom_property("pushed_version") == str(int(NOW) + 1)
     assert sorted(fileio.listdir(base)) == ["1000", str(int(NOW)), str(int(NOW) + 1)]
+
+
+def test_a_blessed_model_that_scored_lower_than_the_served_one_is_not_pushed(models, tmp_path, clock):
+    """The INTERVAL gate blesses a candidate within tolerance of the baseline; when the baseline
+    scored higher on the same clips (best_model_id is the baseline's), the served model stays."""
+    a, b = models
+    a.id, b.id = 7, 8
+    base = tmp_path / "serving"
+    first = push(a, base, tmp_path / "runs", best_model_id=7)
+    assert first.get_int_custom_property("pushed") == 1
+    served = _tree(base)
+    why = "the served model (model 7) scored higher on the same clips: candidate - baseline -0.0120 [-0.0300, +0.0040]"
+    second = push(b, base, tmp_path / "runs", best_model_id=7, not_best=why)
+    assert second.get_int_custom_property("pushed") == 0
+    assert second.get_string_custom_property("reason") == f"blessed, not pushed: {why}"
+    assert _tree(base) == served
+    third = push(b, base, tmp_path / "runs", best_model_id=8)         # the candidate is the best: pushed
+    assert third.get_int_custom_property("pushed") == 1 and len(versions(base)) == 2
