@@ -183,7 +183,8 @@ def collect(store, pipeline_name: str, run_id: str) -> dict:
     if pusher is not None and pusher.artifact("pushed_model") is not None:
         pm = pusher.artifact("pushed_model")
         facts["push"] = {"pushed": prop(pm, "pushed") == 1, "reused": prop(pm, "reused_version") == 1,
-                         "destination": prop(pm, "pushed_destination"), "version": prop(pm, "pushed_version")}
+                         "destination": prop(pm, "pushed_destination"), "version": prop(pm, "pushed_version"),
+                         "reason": prop(pm, "reason")}
         start = pm.id if prop(pm, "pushed") == 1 else (trainer.artifact("model").id if trainer else None)
         if start is not None:
             facts["lineage"] = attempt("lineage", lambda: _lineage(store, start))
@@ -431,7 +432,7 @@ def render(f: dict) -> str:
             what = "already served (same model, nothing copied)" if p["reused"] else "pushed"
             parts.append(f"<p id='push'>{what}: version <b>{_e(p['version'])}</b> at <code>{_e(p['destination'])}</code></p>")
         else:
-            parts.append("<p id='push'>not pushed: the model was not blessed</p>")
+            parts.append(f"<p id='push'>{_e(p.get('reason') or 'not pushed: the model was not blessed')}</p>")
     if f.get("lineage"):
         parts.append("<h2>Lineage</h2><ol>" + "".join(f"<li>{_e(s)}</li>" for s in f["lineage"]) + "</ol>")
     history = f.get("history") or {}
@@ -451,12 +452,15 @@ def render(f: dict) -> str:
 
 
 def write(store, pipeline_root: str, pipeline_name: str, run_id: str) -> str:
-    """Write PIPELINE_ROOT/reports/<run>.html and latest.html (atomically); returns the run's path."""
+    """Write PIPELINE_ROOT/reports/<run>.html, and latest.html when the run is the store's newest
+    (atomically); returns the run's path. An older run's page (fatp-report --run OLD, or a run
+    that ends after another user's later run on the same store) leaves latest.html as it is."""
     page = render(collect(store, pipeline_name, run_id))
     reports = fileio.join(pipeline_root, REPORTS)
     path = fileio.join(reports, re.sub(r"[^\w.-]", "-", run_id) + ".html")
     fileio.write_text(path, page)
-    fileio.write_text(fileio.join(reports, LATEST), page)
+    if run_report.latest_run_id(store, pipeline_name) == run_id:
+        fileio.write_text(fileio.join(reports, LATEST), page)
     return path
 
 

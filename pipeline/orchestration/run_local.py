@@ -19,6 +19,7 @@ failed, 2 for bad flags.
 from __future__ import annotations
 
 import argparse
+import datetime
 import logging
 import os
 import sys
@@ -163,6 +164,24 @@ def _quiet(level: str) -> None:
         logger.addFilter(_AtLeast(logging.getLevelName(level.upper())))
 
 
+def own_run_runner(run_id: str):
+    """TFX's LocalDagRunner running the pipeline under `run_id` (TFX's own choice is the same
+    timestamp format, made inside run_with_ir where the caller cannot see it): the summary and
+    the report then describe this process's run, not the store's latest, which is another user's
+    when two runs share one store."""
+    from tfx import v1 as tfx
+    from tfx.dsl.compiler import constants
+    from tfx.orchestration.portable import runtime_parameter_utils
+
+    class Runner(tfx.orchestration.LocalDagRunner):
+        def run_with_ir(self, pipeline, run_options=None):
+            runtime_parameter_utils.substitute_runtime_parameter(
+                pipeline, {constants.PIPELINE_RUN_ID_PARAMETER_NAME: run_id})
+            return super().run_with_ir(pipeline, run_options)
+
+    return Runner()
+
+
 def run(argv: list[str] | None = None) -> int:
     from pipeline.orchestration import metadata_connection
 
@@ -173,8 +192,6 @@ def run(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, metadata_connection.MetadataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from tfx import v1 as tfx
-
     from pipeline.orchestration import run_report
     from pipeline.orchestration import tfx_pipeline
 
@@ -182,12 +199,13 @@ def run(argv: list[str] | None = None) -> int:
              args.pipeline_root, metadata)
     from pipeline.orchestration.progress import following
 
-    t0, error = time.time(), None
+    # this process's run: another user's run on the same store may start or end meanwhile
+    t0, error, run_id = time.time(), None, datetime.datetime.now().isoformat()
     # TFX logs the deployment config, connection (and password) included, at INFO
     with metadata_connection.hidden_in_logs(metadata.config.mysql.password):
         try:
             with following([c.id for c in pipeline.components], logging.getLevelName(args.log_level.upper())):
-                tfx.orchestration.LocalDagRunner().run(pipeline)
+                own_run_runner(run_id).run(pipeline)
         except Exception as e:  # noqa: BLE001 -- a failed component: report from MLMD, then exit 1
             error = e
     seconds = time.time() - t0
@@ -198,7 +216,8 @@ def run(argv: list[str] | None = None) -> int:
         if error is not None:
             print(f"FAILED: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
-    run_id = run_report.latest_run_id(store, args.pipeline_name)
+    if store.get_context_by_type_and_name("pipeline_run", run_id) is None:
+        run_id = None                            # stopped before its first component registered the run
     print(f"pipeline {args.pipeline_name}, run {run_id} ({seconds:.0f} s); ML Metadata {metadata}")
     if run_id:
         print("\n".join(run_report.summary(store, args.pipeline_name, run_id, tfx_pipeline.COMPONENT_IDS)))

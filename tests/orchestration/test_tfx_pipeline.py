@@ -335,6 +335,8 @@ def test_a_refused_runs_report_says_why_and_fatp_report_rewrites_any_past_run(ro
                                  "--run", first_run]) == 0
         written = cap.readouterr()[0].strip()
     assert written == first_page and re.search(r'id="verdict"[^>]*>BLESSED<', open(first_page).read())
+    # an old run's page leaves latest.html the newest run's
+    assert open(root / "pipeline" / "reports" / "latest.html").read() == open(page).read()
 
 
 def test_the_reports_history_lists_each_evaluation_once_and_only_the_newest(root, first, again, cached, refused,
@@ -616,3 +618,41 @@ def test_the_password_is_in_no_output_log_file_or_metadata_row(team):
             assert team.password.encode() not in path.read_bytes(), path
     dump = team.server.dump("fatp_team")
     assert "MLMDEnv" in dump and team.password not in dump
+
+
+def test_two_users_running_at_once_on_one_store_each_get_their_own_runs_report(tmp_path, mariadb):
+    """Two fatp-pipeline processes on two pipeline roots, one MariaDB store, started together: both
+    complete, each summary and report names its own run (before, both named the store's latest
+    run), latest.html is the newer run's, and MLMD holds two runs."""
+    from pipeline.orchestration import metadata_connection
+
+    demo_data.generate(str(tmp_path / "data"), train=40, test=4, seed=5, broken=False)
+    uri = mariadb.uri("fatp_concurrent")
+    env = {**os.environ, metadata_connection.PASSWORD_ENV: mariadb.password}
+    env.pop("TF_CONFIG", None)
+    store = metadata_connection.from_flags(uri, "", environ={metadata_connection.PASSWORD_ENV: mariadb.password})
+    metadata_connection.check(store, create_database=True)        # an existing store, as a team's is
+    procs = {}
+    for who in ("alice", "bob"):
+        flags = _flags(tmp_path / who, tmp_path / "data", metadata=uri, min_lwlrap=0, epochs=1)
+        procs[who] = subprocess.Popen([sys.executable, "-m", "pipeline.orchestration.run_local", *flags], cwd=REPO,
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    results = {who: (p.wait(timeout=1200), *p.communicate()) for who, p in procs.items()}
+    run_ids = {}
+    for who, (rc, out, err) in results.items():
+        assert rc == 0, err[-3000:]
+        run_ids[who] = re.search(r"^pipeline \S+, run (\S+) \(", out, re.M).group(1)
+        page = _report_of(out)
+        assert page.startswith(str(tmp_path / who)) and f"run {run_ids[who]}" in open(page).read()
+    assert run_ids["alice"] != run_ids["bob"]
+    mlmd = run_report.open_store(store)
+    assert {c.name for c in mlmd.get_contexts_by_type("pipeline_run")} == set(run_ids.values())
+    for who, run_id in run_ids.items():
+        runs = run_report.component_runs(mlmd, NAME, run_id)
+        assert {r.component for r in runs} >= {"Trainer", "Evaluator", "Pusher"}
+        assert all(r.state in ("COMPLETE", "CACHED") for r in runs), {r.component: r.state for r in runs}
+    newer = max(run_ids.values())
+    for who in run_ids:
+        latest = tmp_path / who / "pipeline" / "reports" / "latest.html"
+        if run_ids[who] == newer:
+            assert f"run {newer}" in latest.read_text()
