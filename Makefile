@@ -30,11 +30,12 @@ demo-tag:       ## batch prediction on Beam: the demo's test clips tagged by the
 	$(INENV) python -m pipeline.serving.batch_predict --model $(DEMO_SERVING)/fat_tagger --data_dir $(DEMO_DATA) \
 	    --output_dir out/tagged --overwrite --runner=DirectRunner
 
-test:           ## the whole test suite
-	$(INENV) pytest -q $(PYTEST_ARGS)
+test:           ## the whole test suite (installs MariaDB and Chromium for their tests where it can: .ci/test-programs)
+	.ci/test-programs
+	$(INENV) pytest -q -rs $(PYTEST_ARGS)
 
 test-fast:      ## unit tests only
-	$(INENV) pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(INENV) pytest -q -rs -m "not slow" $(PYTEST_ARGS)
 
 smoke-root:     ## the Debian 13 root path, forced, on any host: build it and run a short job
 	rm -rf /tmp/fatp-smoke && FATP_FORCE_ROOT=1 $(INENV) python -m pipeline.data.demo_data --out /tmp/fatp-smoke/data --train 12 --test 2

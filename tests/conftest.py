@@ -26,6 +26,33 @@ def pytest_collection_modifyitems(config, items):
         if END_TO_END_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
 NUM_CLASSES = 80
+# .ci/run sets it: there a test that cannot run for want of a program (MariaDB, Chromium) fails
+REQUIRE_ALL = "FATP_REQUIRE_ALL_TESTS"
+_MISSING = "missing program: "
+
+
+def missing_program(why: str):
+    """Skip a test that needs a program this environment lacks, saying which, or fail it where
+    every test must run ($FATP_REQUIRE_ALL_TESTS=1, as in CI)."""
+    if os.environ.get(REQUIRE_ALL) == "1":
+        pytest.fail(f"{why} (${REQUIRE_ALL}=1: every test must run here)", pytrace=False)
+    pytest.skip(_MISSING + why)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """End with how many tests could not run here for want of a program, and why."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    reasons = {}
+    for report in skipped:
+        reason = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if _MISSING in reason:
+            why = reason.split(_MISSING, 1)[1]
+            reasons[why] = reasons.get(why, 0) + 1
+    if reasons:
+        terminalreporter.write_line(f"{sum(reasons.values())} tests could not run here for want of a program:",
+                                    yellow=True)
+        for why, n in sorted(reasons.items()):
+            terminalreporter.write_line(f"  {n}: {why}", yellow=True)
 
 
 def _read_examples(out_dir, manifest):

@@ -38,7 +38,7 @@ def find_server() -> tuple[dict | None, str]:
     if missing:
         return None, (f"no MariaDB server here (missing {', '.join(missing)}: "
                       f"{' / '.join(SERVER_NAMES + INSTALL_NAMES + CLIENT_NAMES + DUMP_NAMES)}); "
-                      "install Debian's mariadb-server in the project environment (.ci/run does)")
+                      "install Debian's mariadb-server in the project environment (`make test` as root does)")
     return paths, ""
 
 

@@ -12,7 +12,8 @@ from tests import mariadb_server
 def mariadb(tmp_path_factory):
     paths, why = mariadb_server.find_server()
     if paths is None:
-        pytest.skip(why)
+        from tests.conftest import missing_program
+        missing_program(why)
     server = mariadb_server.MariaDB(tmp_path_factory.mktemp("mariadb"), paths)
     try:
         server.start()
