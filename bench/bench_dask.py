@@ -1,6 +1,6 @@
 """Feature-job benchmark across runners: DirectRunner vs DaskRunner with 1 and 2 workers, same clips.
 
-    .ci/inenv python bench/bench_dask.py [--n 2000] [--rounds 1] [--preset seed]
+    .ci/inenv python bench/bench_dask.py [--n 2000] [--rounds 1] [--preset seed] [--data KAGGLE_LAYOUT]
 
 Builds N FSDD-FAT clips as bench_features.py does (needs ../shared), then runs the whole
 `beam_runner.py` command (start-up included) on each runner, in turn, `--rounds` times:
@@ -78,15 +78,21 @@ def main() -> None:
     ap.add_argument("--runners", default=",".join(RUNNERS), help="comma-separated subset of " + ",".join(RUNNERS))
     ap.add_argument("--work_dir", default="/tmp/fatp-bench-dask")
     ap.add_argument("--job_args", default="", help="extra flags for every job, space separated")
+    ap.add_argument("--data", help="an existing Kaggle layout to run on instead of N new FSDD-FAT clips "
+                                   "(e.g. bench_fat_scale.py's FAT2019-shaped data; its noisy source included)")
     args = ap.parse_args()
-    if not os.path.isdir(SHARED):
+    if not args.data and not os.path.isdir(SHARED):
         sys.exit(f"needs {SHARED} (FSDD recordings and make_fat_dataset.py)")
     names = args.runners.split(",")
     if BASELINE not in names:
         names.insert(0, BASELINE)
     extra = ["--preset", args.preset, *args.job_args.split()]
-    data = os.path.join(args.work_dir, f"fsdd-fat-{args.n}")
-    make_data(args.n, data)
+    data = args.data or os.path.join(args.work_dir, f"fsdd-fat-{args.n}")
+    if args.data:
+        args.n = sum(max(0, sum(1 for _ in open(os.path.join(data, c))) - 1)
+                     for c in ("train_curated.csv", "train_noisy.csv") if os.path.exists(os.path.join(data, c)))
+    else:
+        make_data(args.n, data)
     results = {"n": args.n, "preset": args.preset, "job_args": extra, "cpu_count": os.cpu_count(), "rounds": []}
     for r in range(args.rounds):
         row = {}

@@ -123,6 +123,7 @@ def run_pipeline(data: str, work: str, epochs: int, extra: list[str]) -> dict:
     cmd = [shutil.which("fatp-pipeline") or "fatp-pipeline", "--data_dir", data, "--pipeline_root", root,
            "--serving_root", serving, "--epochs", str(epochs), *extra]
     print("running:", " ".join(cmd), flush=True)
+    sizes_before = {name: du(os.path.join(root, name)) for name in (os.listdir(root) if os.path.isdir(root) else [])}
     t0 = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     sampler = Sampler(proc.pid)
@@ -154,7 +155,8 @@ def run_pipeline(data: str, work: str, epochs: int, extra: list[str]) -> dict:
         cpu0 = before[-1][2] if before else 0.0
         cpu1 = after[0][2] if after else (inside[-1][2] if inside else cpu0)
         c["cpu_s"] = round(cpu1 - cpu0, 1)
-        c["bytes_written_mb"] = round(du(os.path.join(root, c["component"])) / 1e6, 1)
+        c["bytes_written_mb"] = round((du(os.path.join(root, c["component"]))
+                                       - sizes_before.get(c["component"], 0)) / 1e6, 1)   # by this run
         c["start"] = round(c["start"] - t0, 1)
         del c["end"]
     epochs_seen = [{"epoch": int(m.group(1)), "steps": int(m.group(3)), "s_per_epoch": float(m.group(4))}
@@ -194,7 +196,7 @@ def main(argv=None) -> int:
                          if os.path.exists(os.path.join(data, "train_noisy.csv")) else 0,
                          "test": rows_in(os.path.join(data, "sample_submission.csv"))})
     by = {c["component"]: c for c in result["components"]}
-    if "AudioExampleGen" in by:
+    if "AudioExampleGen" in by and by["AudioExampleGen"]["how"] == "executed":
         result["feature_job_clips_s"] = round((result["clips"]["train"] + result["clips"]["noisy"])
                                               / by["AudioExampleGen"]["wall_s"], 1)
     if "BulkInferrer" in by and by["BulkInferrer"]["how"] == "executed":

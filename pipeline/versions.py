@@ -22,6 +22,8 @@ _SHARED = ("config.py", "fileio.py", "saved_model_layout.py", "protos")
 # what each component runs, besides the shared modules
 FEATURE_JOB = ("data", "features", "beam")
 TRAINER = ("data", "features", "metrics", "training")
+EVALUATOR = ("metrics", "serving")              # lwlrap_tfma, bootstrap; the model's batch limit
+SERVING = ("data", "beam", "serving")           # BulkInferrer and the SubmissionWriter
 
 
 def project_version() -> str:

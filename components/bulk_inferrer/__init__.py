@@ -15,17 +15,24 @@ blessing's best_model_id names the baseline (blessed within tolerance, but the b
 higher), the baseline, which is the model the Pusher keeps serving, so the submission comes from
 the served model.
 """
+import os
+
 from tfx.components.bulk_inferrer import component as tfx_bulk_inferrer
 from tfx.dsl.components.base import executor_spec
 from tfx.types import channel, standard_artifacts, standard_component_specs as specs
-from tfx.types.component_spec import ChannelParameter
+from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
 from components.bulk_inferrer import executor
+from pipeline import versions
+
+CODE_VERSION = "code_version"
 
 
 class BulkInferrerSpec(specs.BulkInferrerSpec):
     INPUTS = {**specs.BulkInferrerSpec.INPUTS,
               executor.BASELINE_MODEL: ChannelParameter(type=standard_artifacts.Model, optional=True)}
+    # for the cache key only: a change of the executor (which model, batch limits) is a cache miss
+    PARAMETERS = {**specs.BulkInferrerSpec.PARAMETERS, CODE_VERSION: ExecutionParameter(type=str, optional=True)}
 
 
 class BulkInferrer(tfx_bulk_inferrer.BulkInferrer):
@@ -36,4 +43,5 @@ class BulkInferrer(tfx_bulk_inferrer.BulkInferrer):
         super(tfx_bulk_inferrer.BulkInferrer, self).__init__(spec=BulkInferrerSpec(
             examples=examples, model=model, model_blessing=model_blessing, baseline_model=baseline_model,
             data_spec=data_spec, model_spec=model_spec, output_example_spec=None,
-            inference_result=channel.Channel(type=standard_artifacts.InferenceResult), output_examples=None))
+            inference_result=channel.Channel(type=standard_artifacts.InferenceResult), output_examples=None,
+            code_version=versions.code_version(versions.SERVING, os.path.dirname(os.path.abspath(__file__)))))

@@ -43,6 +43,7 @@ from tfx.utils import path_utils, proto_utils
 
 from pipeline import config as config_lib
 from pipeline import saved_model_layout as layout
+from pipeline import versions
 from pipeline.metrics import lwlrap_tfma
 from pipeline.serving import predict
 
@@ -51,6 +52,8 @@ BLESSING_CONFIG = "blessing_config"       # exec property: the BlessingConfig as
 BASELINE_NOTE = "baseline_note"           # blessing properties written here
 REASON = "reason"
 BEST_ID = "best_model_id"
+CODE_VERSION = "code_version"             # exec property for the cache key only: a fix of the metric or the gate
+                                          # is a cache miss, not a stale blessing
 NOT_BEST = "not_best"                     # blessed, but the baseline scored higher: why it is not pushed
 
 
@@ -181,7 +184,8 @@ class Executor(tfx_evaluator.Executor):
 
 
 class EvaluatorSpec(specs.EvaluatorSpec):
-    PARAMETERS = {**specs.EvaluatorSpec.PARAMETERS, BLESSING_CONFIG: ExecutionParameter(type=str)}
+    PARAMETERS = {**specs.EvaluatorSpec.PARAMETERS, BLESSING_CONFIG: ExecutionParameter(type=str),
+                  CODE_VERSION: ExecutionParameter(type=str, optional=True)}
 
 
 class Evaluator(base_beam_component.BaseBeamComponent):
@@ -194,5 +198,6 @@ class Evaluator(base_beam_component.BaseBeamComponent):
         super().__init__(spec=EvaluatorSpec(
             examples=examples, model=model, baseline_model=baseline_model,
             blessing_config=config_lib.resolved_text(cfg), example_splits='["eval"]',
+            code_version=versions.code_version(versions.EVALUATOR, os.path.dirname(os.path.abspath(__file__))),
             evaluation=channel.Channel(type=standard_artifacts.ModelEvaluation),
             blessing=channel.Channel(type=standard_artifacts.ModelBlessing)))

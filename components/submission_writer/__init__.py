@@ -15,11 +15,16 @@ fail the component, naming the clips, unless `allow_missing` writes zeros for th
 """
 from __future__ import annotations
 
+import os
+
 from tfx.dsl.components.base import base_beam_component, executor_spec
 from tfx.types import artifact, channel, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
 from components.submission_writer import executor
+from pipeline import versions
+
+CODE_VERSION = "code_version"
 
 
 class Submission(artifact.Artifact):
@@ -31,6 +36,7 @@ class SubmissionWriterSpec(ComponentSpec):
     PARAMETERS = {
         executor.SAMPLE_SUBMISSION: ExecutionParameter(type=str),
         executor.ALLOW_MISSING: ExecutionParameter(type=int, optional=True),
+        CODE_VERSION: ExecutionParameter(type=str, optional=True),      # for the cache key only
     }
     INPUTS = {
         executor.INFERENCE_RESULT: ChannelParameter(type=standard_artifacts.InferenceResult),
@@ -46,4 +52,5 @@ class SubmissionWriter(base_beam_component.BaseBeamComponent):
     def __init__(self, inference_result, sample_submission: str, model_blessing=None, allow_missing: bool = False):
         super().__init__(spec=SubmissionWriterSpec(
             inference_result=inference_result, model_blessing=model_blessing, sample_submission=sample_submission,
-            allow_missing=int(allow_missing), submission=channel.Channel(type=Submission)))
+            allow_missing=int(allow_missing), submission=channel.Channel(type=Submission),
+            code_version=versions.code_version(versions.SERVING, os.path.dirname(os.path.abspath(__file__)))))

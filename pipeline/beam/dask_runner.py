@@ -225,6 +225,9 @@ class _ReadBounded(beam.PTransform):
         return beam.Windowing(window.GlobalWindows())
 
 
+BEAM_READ_OVERRIDE = "ReadOverride"      # the class name of Beam's override that _ReadOverride replaces
+
+
 class _ReadOverride(PTransformOverride):
     def matches(self, applied_ptransform) -> bool:
         t = applied_ptransform.transform
@@ -238,7 +241,14 @@ def overrides() -> list:
     """Beam's DaskRunner overrides (Create, Reshuffle, GroupByKey, Flatten), with `Read` of a bounded
     source replaced by _ReadBounded (Beam's replacement has no translation and no windowing); a
     Read of anything else expands as in Beam (a PTransform source is applied; an unbounded one is refused)."""
-    return [_ReadOverride() if type(o).__name__ == "ReadOverride" else o for o in beam_overrides.dask_overrides()]
+    found = beam_overrides.dask_overrides()
+    names = [type(o).__name__ for o in found]
+    if names.count(BEAM_READ_OVERRIDE) != 1:
+        # replaced by class name; silently keeping Beam's would bring back the fault _ReadOverride fixes
+        raise RuntimeError(f"Beam's DaskRunner overrides are {names}, not one {BEAM_READ_OVERRIDE!r} to replace with "
+                           "pipeline.beam.dask_runner._ReadOverride: this Beam release changed them; "
+                           "pipeline/beam/dask_runner.py must follow")
+    return [_ReadOverride() if type(o).__name__ == BEAM_READ_OVERRIDE else o for o in found]
 
 
 MIN_BUNDLE_BYTES = 1 << 20

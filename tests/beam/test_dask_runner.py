@@ -308,3 +308,15 @@ def test_job_on_its_own_local_cluster_equals_direct_runner(data, direct, tmp_pat
     """`--runner DaskRunner --dask_local_workers 2`: the job starts (and stops) a LocalCluster itself."""
     got = job_outputs(data, tmp_path / "out", "--runner", "DaskRunner", "--dask_local_workers=2")
     assert_same_outputs(got, direct, data)
+
+
+def test_the_read_override_is_found_in_beams_overrides_or_the_runner_refuses_loudly(monkeypatch):
+    """_ReadOverride replaces Beam's ReadOverride found by class name; if a Beam release renames or
+    drops it, keeping Beam's would silently bring back the fault it fixes, so the runner refuses."""
+    names = [type(o).__name__ for o in dask_runner.overrides()]
+    assert names.count(dask_runner.BEAM_READ_OVERRIDE) == 0 and "_ReadOverride" in names
+    renamed = [o for o in dask_runner.beam_overrides.dask_overrides()
+               if type(o).__name__ != dask_runner.BEAM_READ_OVERRIDE]
+    monkeypatch.setattr(dask_runner.beam_overrides, "dask_overrides", lambda: renamed)
+    with pytest.raises(RuntimeError, match="not one 'ReadOverride' to replace"):
+        dask_runner.overrides()
