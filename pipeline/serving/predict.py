@@ -76,7 +76,10 @@ def _model_asset(model_dir: str, asset: str, message_cls):
     import tensorflow as tf
 
     path = os.path.join(model_dir, asset)
-    return config_lib.from_text(fileio.read_text(path), message_cls) if tf.io.gfile.exists(path) else None
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path, "r") as f:
+        return config_lib.from_text(f.read(), message_cls)
 
 
 def model_features(model_dir: str):

@@ -66,3 +66,24 @@ def test_the_page_shows_the_first_dead_letters_of_each_source(tmp_path):
     shown = report_html._dead_letters(str(tmp_path), limit=8)
     assert [x["fname"] for x in shown] == [f"c{i}.wav" for i in range(8)] + ["n.wav"]
 
+
+
+def test_markup_in_file_names_labels_details_and_paths_is_shown_as_text_never_run():
+    """Every value the page shows comes from files and ML Metadata a user does not control: a clip
+    named like markup, a label, a dead letter's detail, a path, a push reason are escaped."""
+    evil = '<img src=x onerror="alert(1)">'
+    letters = [{"line": 3, "fname": f"{evil}.wav", "stage": "decode", "reason": "bad_audio",
+                "detail": f"</td><script>alert(2)</script>", "source": "curated"}]
+    counts = {"input_rows": 1, "written": 0, "failed": 1, "per_split": {}, "failed_by_reason": {"bad_audio": 1},
+              "per_label": {f"Dog{evil}": 4}}
+    facts = {"pipeline": f"p{evil}", "run": f"r{evil}", "components": [], "problems": [f"problem {evil}"],
+             "data": {"uri": f"/data/{evil}", "data_dir": f"/in/{evil}", "counts": counts, "dead_letters": letters,
+                      "labels": {f"Dog{evil}": 4}},
+             "push": {"pushed": False, "reused": False, "destination": f"/s/{evil}", "version": None,
+                      "reason": f"blessed, not pushed: {evil}"},
+             "lineage": [f"step {evil}"]}
+    page = report_html.render(facts)
+    assert "<script>" not in page and "<img" not in page and "onerror=\"" not in page
+    assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;.wav" in page
+    assert "&lt;/td&gt;&lt;script&gt;alert(2)&lt;/script&gt;" in page
+    assert "blessed, not pushed: &lt;img" in page and "step &lt;img" in page and "problem &lt;img" in page

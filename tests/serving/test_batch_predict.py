@@ -113,7 +113,8 @@ def test_a_clip_without_scores_fails_the_run_by_name_unless_allowed(trained, dat
     assert run(results["export_path"], out, "--data_dir", str(data), "--direct_num_workers=1", "--allow_missing",
                "--overwrite") == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["status"] == "complete" and manifest["submission"]["missing"] == 1 and manifest["submission"]["missing_named"] == ["broken.wav"]
+    assert manifest["status"] == "complete" and manifest["submission"]["missing"] == 1
+    assert manifest["submission"]["missing_named"] == ["broken.wav"]
     _, rows = read_csv(out / "submission.csv")
     assert rows[3][0] == "broken.wav" and set(rows[3][1:]) == {"0"} and len(rows) == 9
 
@@ -151,3 +152,14 @@ def test_features_other_than_the_models_are_refused(trained, data, tmp_path):
                "--direct_num_workers=1") == 1
     manifest = json.loads((tmp_path / "o2" / "manifest.json").read_text())
     assert manifest["counts"]["failed_by_reason"] == {"too_large": 8, "not_audio": 1}
+
+
+def test_a_request_beyond_the_model_is_refused_before_the_job(trained, data, tmp_path, caplog):
+    """--top_k above the model's label count (it wrote a header wider than its rows) and an inference
+    batch above the model's max_batch (every call would be refused) stop the command at once."""
+    _, _, results = trained
+    for flags, said in ((["--top_k", "81"], "--top_k 81: the model has 80 labels"),
+                        (["--inference_batch_size", "65"], "the model takes 1 to 64 examples a call")):
+        out = tmp_path / flags[0].strip("-")
+        assert run(results["export_path"], out, "--data_dir", str(data), *flags) == 2
+        assert said in caplog.text and (not out.exists() or not any(out.iterdir()))
