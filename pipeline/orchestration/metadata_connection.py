@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import os
+import re
 import sqlite3
 import tempfile
 import urllib.parse
@@ -257,9 +259,33 @@ def open_store(store: Store, readonly: bool = False):
 
 # ---------------------------------------------------------------------------------------------- logs
 
+# a `password` field of a text proto or a dict/JSON (TFX logs the connection config as a text proto,
+# which escapes quotes, backslashes, newlines and non-ASCII, so the raw secret is not in the text)
+_PASSWORD_FIELD = re.compile(r"""(['"]?password['"]?\s*[:=]\s*)("(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')""")
+
+
+def _secret_forms(secret: str) -> list[str]:
+    """The secret as it may appear in text: raw, text-proto escaped (bytes and UTF-8), repr, JSON."""
+    from google.protobuf import text_encoding
+
+    forms = {secret, repr(secret)[1:-1], json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1],
+             text_encoding.CEscape(secret.encode("utf-8"), as_utf8=False),
+             text_encoding.CEscape(secret.encode("utf-8"), as_utf8=True)}
+    return sorted((f for f in forms if f), key=len, reverse=True)
+
+
+def masked(text: str, secret: str, mask: str = "********") -> str:
+    """`text` with every password field blanked and the secret, in any of its escaped forms, replaced."""
+    text = _PASSWORD_FIELD.sub(lambda m: f'{m.group(1)}"{mask}"', text)
+    for form in _secret_forms(secret) if secret else ():
+        text = text.replace(form, mask)
+    return text
+
+
 @contextlib.contextmanager
 def hidden_in_logs(secret: str, mask: str = "********"):
-    """While inside, every log record is formatted with `secret` replaced by `mask`."""
+    """While inside, every log record is formatted with password fields blanked and `secret` (in any
+    escaped form) replaced by `mask`, its traceback included."""
     if not secret:
         yield
         return
@@ -271,8 +297,11 @@ def hidden_in_logs(secret: str, mask: str = "********"):
             message = record.getMessage()
         except Exception:  # noqa: BLE001 -- a broken record is the handler's to report
             return record
-        if secret in message:
-            record.msg, record.args = message.replace(secret, mask), None
+        clean = masked(message, secret, mask)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info:          # formatted here, masked, and kept where handlers look for it
+            record.exc_text = masked(logging.Formatter().formatException(record.exc_info), secret, mask)
         return record
 
     logging.setLogRecordFactory(factory)

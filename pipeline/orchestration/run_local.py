@@ -209,20 +209,22 @@ def run(argv: list[str] | None = None) -> int:
         except Exception as e:  # noqa: BLE001 -- a failed component: report from MLMD, then exit 1
             error = e
     seconds = time.time() - t0
+    failure = None if error is None else metadata_connection.masked(f"FAILED: {type(error).__name__}: {error}",
+                                                                    metadata.config.mysql.password)
     try:
         store = run_report.open_store(metadata)
     except metadata_connection.MetadataError as e:   # e.g. the server went away during the run
         print(f"error: no report: {e}", file=sys.stderr)
-        if error is not None:
-            print(f"FAILED: {type(error).__name__}: {error}", file=sys.stderr)
+        if failure:
+            print(failure, file=sys.stderr)
         return 1
     if store.get_context_by_type_and_name("pipeline_run", run_id) is None:
         run_id = None                            # stopped before its first component registered the run
     print(f"pipeline {args.pipeline_name}, run {run_id} ({seconds:.0f} s); ML Metadata {metadata}")
     if run_id:
         print("\n".join(run_report.summary(store, args.pipeline_name, run_id, tfx_pipeline.COMPONENT_IDS)))
-    if error is not None:
-        print(f"FAILED: {type(error).__name__}: {error}", file=sys.stderr)
+    if failure:
+        print(failure, file=sys.stderr)
     if run_id:
         from pipeline.orchestration import report_html
 

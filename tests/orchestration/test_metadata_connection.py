@@ -156,3 +156,24 @@ def test_the_password_is_blanked_out_of_log_records(caplog):
     with caplog.at_level(logging.INFO, logger="fatp.test.tfx"):
         logging.getLogger("fatp.test.tfx").info("after: %s", SECRET)
     assert SECRET in caplog.text       # the factory was put back
+
+
+@pytest.mark.parametrize("secret", ['p"w\\é\'x', "new\nline", "tab\tand\\back", "ünïcödé密码", "plain-but-long-9f3"])
+def test_a_password_of_any_characters_is_blanked_in_records_and_tracebacks(caplog, secret):
+    """TFX logs the connection config as a text proto, which escapes quotes, backslashes, newlines and
+    non-ASCII: the raw password is not in that text, so the field itself is blanked; a traceback
+    that carries the password (in any escaped form) is masked too."""
+    config = mc.from_flags("mysql://fatp@db/mlmd", "", environ={mc.PASSWORD_ENV: secret}).config
+    forms = mc._secret_forms(secret)
+    log = logging.getLogger("fatp.test.tfx")
+    with caplog.at_level(logging.INFO, logger="fatp.test.tfx"), mc.hidden_in_logs(secret):
+        log.info("Using connection config:\n %s", config.mysql)                      # what TFX logs
+        log.info("as a dict: %s", {"host": "db", "password": secret})
+        try:
+            raise ValueError(f"cannot connect with {secret!r} / {secret}")
+        except ValueError:
+            log.exception("failed")
+    text = caplog.text + "".join(r.exc_text or "" for r in caplog.records)
+    assert 'password: "********"' in text and "db" in text and "ValueError: cannot connect with" in text
+    for form in forms:
+        assert form not in text, form
