@@ -27,8 +27,6 @@ OUTPUT.errors.jsonl. The CSV is written under a temporary name and renamed (outp
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import logging
 import os

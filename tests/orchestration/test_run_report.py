@@ -73,7 +73,7 @@ def test_markup_in_file_names_labels_details_and_paths_is_shown_as_text_never_ru
     named like markup, a label, a dead letter's detail, a path, a push reason are escaped."""
     evil = '<img src=x onerror="alert(1)">'
     letters = [{"line": 3, "fname": f"{evil}.wav", "stage": "decode", "reason": "bad_audio",
-                "detail": f"</td><script>alert(2)</script>", "source": "curated"}]
+                "detail": "</td><script>alert(2)</script>", "source": "curated"}]
     counts = {"input_rows": 1, "written": 0, "failed": 1, "per_split": {}, "failed_by_reason": {"bad_audio": 1},
               "per_label": {f"Dog{evil}": 4}}
     facts = {"pipeline": f"p{evil}", "run": f"r{evil}", "components": [], "problems": [f"problem {evil}"],
