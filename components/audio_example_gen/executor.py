@@ -66,6 +66,19 @@ def _keep_report(uri: str) -> str:
     return kept
 
 
+def split_by(manifest: dict) -> str:
+    """How the clips were split, in words, with the groups each split holds ("" for a test split)."""
+    how = manifest.get("split_by")
+    if not isinstance(how, dict):
+        return "by file name"
+    splits = manifest.get("splits", {})
+    held = ", ".join(f"{s['groups']} in {name}" for name, s in sorted(splits.items()) if "groups" in s)
+    shared = max((s.get("shared_groups", 0) for s in splits.values()), default=0)
+    ungrouped = sum(s.get("ungrouped", 0) for s in splits.values())
+    return (f"by group (regex {how['group_regex']}): groups {held}; {shared} in more than one split"
+            + (f"; {ungrouped} clips matched no group (each its own)" if ungrouped else ""))
+
+
 class Executor(base_beam_executor.BaseBeamExecutor):
     def Do(self, input_dict, output_dict, exec_properties) -> None:
         self._log_startup(input_dict, output_dict, exec_properties)
@@ -79,6 +92,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                              mode="test" if test else "train",
                              labels=paths.labels, noisy=paths.noisy_csv is not None, noisy_csv=paths.noisy_csv,
                              noisy_audio_dir=paths.noisy_audio_dir, eval_ratio=cfg.eval_ratio,
+                             group_regex="" if test else cfg.group_regex,
                              max_error_ratio=cfg.max_error_ratio,
                              batch_size=cfg.batch_size, compression=_deflate(cfg), split_prefix=SPLIT_PREFIX,
                              inputs={"data_dir": data_dir,
@@ -113,5 +127,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         examples.set_string_custom_property("sources", ",".join(manifest["sources"]))
         examples.set_string_custom_property("per_source", json.dumps(counts["per_source"], sort_keys=True))
         examples.set_string_custom_property("data_dir", data_dir)
+        if not test:
+            examples.set_string_custom_property("split_by", split_by(manifest))
         if exec_properties.get(inputs.FINGERPRINT):
             examples.set_string_custom_property(inputs.FINGERPRINT, exec_properties[inputs.FINGERPRINT])

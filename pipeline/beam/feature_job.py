@@ -16,6 +16,7 @@ Examples it wrote before. The manifest counts rows, examples and dead letters pe
 from __future__ import annotations
 
 import datetime
+import re
 import platform
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -52,6 +53,7 @@ class JobSpec:
     expected_rows: int | None = None         # the CSVs' data lines: the total progress lines count towards
     noisy_csv: str | None = None             # train mode: the noisy source's CSV and audio folder (None: not read)
     noisy_audio_dir: str | None = None
+    group_regex: str = ""                    # train mode: split curated clips by group (transforms.group_of)
 
     @property
     def sources(self) -> list[tuple[str, str, str]]:
@@ -80,6 +82,9 @@ def _static_manifest(spec: JobSpec) -> dict:
         "inputs": spec.inputs,
         "max_error_ratio": spec.max_error_ratio,
         "eval_ratio": spec.eval_ratio if spec.mode == "train" else None,
+        # how clips were split: by a hash of the file name, or of the group the regex finds in it
+        "split_by": ({"group_regex": spec.group_regex} if spec.group_regex else "file name")
+        if spec.mode == "train" else None,
         "labels": {"file": output.LABELS, "count": len(spec.vocabulary)},
         "dead_letters": output.DEAD_LETTERS,
         "feature_config": config_lib.to_dict(spec.cfg),
@@ -124,6 +129,10 @@ def _write_manifest(_, shards: dict, dead: dict, rows_by_source: dict, labels_wr
         if c["written"] + c["failed"] != c["input_rows"]:
             status, reason = "failed", (f"counts do not reconcile for the {name} source: {c['written']} written + "
                                         f"{c['failed']} failed != {c['input_rows']} rows")
+    if any("groups" in s for s in shards.values()):
+        spanning = max(s.get("shared_groups", 0) for s in shards.values())
+        if spanning:   # by construction never; a split that broke its promise must not pass as complete
+            status, reason = "failed", f"{spanning} groups have clips in more than one split"
     manifest = dict(static)
     manifest.update({
         "status": status,
@@ -160,7 +169,7 @@ def build(p: beam.Pipeline, spec: JobSpec) -> beam.PCollection:
         audio_dirs, spec.cfg, spec.batch_size, spec.intra_op_threads, expected_rows=total)
     shards = feats["mels"] | "WriteExamples" >> bt.WriteExamples(
         spec.output_dir, spec.eval_ratio if spec.mode == "train" else None, spec.compression, spec.split_prefix,
-        tag_source=len(spec.sources) > 1)
+        tag_source=len(spec.sources) > 1, group_regex=spec.group_regex if spec.mode == "train" else "")
     dead = ((rows[bt.DEAD], feats[bt.DEAD]) | "AllDead" >> beam.Flatten()
             | "WriteDeadLetters" >> bt.WriteDeadLetters(fileio.join(spec.output_dir, output.DEAD_LETTERS)))
     rows_by_source = ((rows["rows"] | "RowSource" >> beam.Map(lambda r: r.source),
@@ -175,12 +184,23 @@ def build(p: beam.Pipeline, spec: JobSpec) -> beam.PCollection:
                                           spec.vocabulary if spec.mode == "train" else [], spec.output_dir))
 
 
+def check_group_regex(group_regex: str) -> None:
+    """A group regex must compile and capture the group (its first group is the key)."""
+    try:
+        compiled = re.compile(group_regex)
+    except re.error as e:
+        raise ValueError(f"--group_regex {group_regex!r}: {e}") from None
+    if compiled.groups < 1:
+        raise ValueError(f"--group_regex {group_regex!r} has no group: its first (...) is the group key, "
+                         "e.g. '^[0-9]+-([0-9]+)-' for kitchen10's recording")
+
+
 def make_spec(*, output_dir: str, cfg: config_lib.FeatureConfig, data_dir: str | None = None, mode: str = "train",
               csv: str | None = None, audio_dir: str | None = None, labels: str | None = None,
               eval_ratio: float = 0.1, max_error_ratio: float = 0.05, batch_size: int = 8,
               intra_op_threads: int = 0, compression: str = "none", split_prefix: str = "",
               inputs: dict | None = None, noisy: bool | None = None, noisy_csv: str | None = None,
-              noisy_audio_dir: str | None = None) -> JobSpec:
+              noisy_audio_dir: str | None = None, group_regex: str = "") -> JobSpec:
     """A checked JobSpec: paths default to the Kaggle layout under `data_dir`, the label vocabulary
     is read and the CSVs' headers checked here, in the driver, so a wrong file fails before any
     worker starts (bad rows later become dead letters). Raises ValueError saying what is wrong.
@@ -188,7 +208,10 @@ def make_spec(*, output_dir: str, cfg: config_lib.FeatureConfig, data_dir: str |
 
     The noisy source (train mode only): `noisy_csv`/`noisy_audio_dir` default to DATA/train_noisy.csv
     and DATA/train_noisy; `noisy` None reads them when that CSV exists, True requires them, False
-    never reads them."""
+    never reads them.
+
+    `group_regex` (train mode): curated clips are split by the group its first group finds in the
+    file name, so takes of one recording never sit on both sides of train/eval."""
     def default(value, name, rel):
         if value:
             return value
@@ -204,6 +227,10 @@ def make_spec(*, output_dir: str, cfg: config_lib.FeatureConfig, data_dir: str |
         raise ValueError("--max_error_ratio must be in [0, 1]")
     if batch_size < 1:
         raise ValueError("--batch_size must be >= 1")
+    if group_regex:
+        check_group_regex(group_regex)
+        if mode == "test":
+            raise ValueError("--group_regex splits train/eval; a test-mode job has one split")
     if compression not in tfrecord.CHOICES:
         raise ValueError(f"compression must be one of {tfrecord.CHOICES}, got {compression!r}")
     compression = tfrecord.canonical(compression)
@@ -237,7 +264,7 @@ def make_spec(*, output_dir: str, cfg: config_lib.FeatureConfig, data_dir: str |
                    mode=mode, eval_ratio=eval_ratio, max_error_ratio=max_error_ratio, batch_size=batch_size,
                    intra_op_threads=intra_op_threads, compression=compression, split_prefix=split_prefix,
                    expected_rows=data_lines, noisy_csv=noisy_paths and noisy_paths[0],
-                   noisy_audio_dir=noisy_paths and noisy_paths[1],
+                   noisy_audio_dir=noisy_paths and noisy_paths[1], group_regex=group_regex,
                    inputs={"csv": csv_path, "audio_dir": audio_path, "labels": labels_path, **noisy_inputs,
                            **({"data_dir": data_dir} if data_dir else {}), **(inputs or {})})
 

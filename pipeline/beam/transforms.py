@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import posixpath
+import re
 import stat
 import threading
 import time
@@ -47,6 +48,14 @@ def dead_letter(fname: str, line: int, stage: str, reason: str, detail: str,
     Metrics.counter(NAMESPACE, f"failed_{reason}").inc()
     return beam.pvalue.TaggedOutput(DEAD, {"fname": fname, "line": line, "stage": stage, "reason": reason,
                                            "detail": detail, "source": source})
+
+
+def group_of(fname: str, group_regex: str) -> str | None:
+    """The group a clip belongs to: the first group of `group_regex` matched at the start of its
+    file name (kitchen10's `^[0-9]+-([0-9]+)-`: the recording a take was cut from); None when the
+    name does not match (the clip is then a group of its own)."""
+    m = re.match(group_regex, fname)
+    return m.group(1) if m else None
 
 
 def split_of(fname: str, eval_ratio: float) -> str:
@@ -340,10 +349,12 @@ class _WriteBundleFiles(beam.DoFn):
         self._tmp_dir, self._compression, self._run_id = tmp_dir, compression, run_id
 
     def start_bundle(self):
-        self._writers, self._by_source = {}, {}
+        self._writers, self._by_source, self._groups = {}, {}, {}
 
     def process(self, split_and_record):
-        split, record, source = split_and_record
+        split, record, source, group = split_and_record
+        if group is not None:                  # a split by group: which groups each split holds
+            self._groups.setdefault(split, set()).add(group)
         writer = self._writers.get(split)
         if writer is None:
             name = f"{self._run_id}-{split}-{uuid.uuid4().hex}{tfrecord.suffix(self._compression)}"
@@ -358,9 +369,10 @@ class _WriteBundleFiles(beam.DoFn):
         for split, writer in self._writers.items():
             writer.close()
             yield WindowedValue({"split": split, "tmp_path": writer.path, "records": writer.records,
-                                 "by_source": dict(self._by_source[split])},
+                                 "by_source": dict(self._by_source[split]),
+                                 "groups": sorted(self._groups.get(split, ()))},
                                 window.MIN_TIMESTAMP, [window.GlobalWindow()])
-        self._writers, self._by_source = {}, {}
+        self._writers, self._by_source, self._groups = {}, {}, {}
 
 
 def finalize_shards(_, infos: list[dict], out_dir: str, tmp_dir: str, run_id: str, split_prefix: str = "") -> dict:
@@ -374,6 +386,8 @@ def finalize_shards(_, infos: list[dict], out_dir: str, tmp_dir: str, run_id: st
     """
     output.refuse_links(out_dir)
     summary = {}
+    groups = {split: {g for i in infos if i["split"] == split for g in i.get("groups", ())}
+              for split in {i["split"] for i in infos}}
     for split in sorted({i["split"] for i in infos}):
         mine = sorted((i for i in infos if i["split"] == split), key=lambda i: i["tmp_path"])
         files = []
@@ -391,6 +405,10 @@ def finalize_shards(_, infos: list[dict], out_dir: str, tmp_dir: str, run_id: st
         by_source = sum((Counter(info["by_source"]) for info in mine), Counter())
         summary[split] = {"records": sum(f["records"] for f in files), "files": files,
                           "by_source": dict(sorted(by_source.items()))}
+        if any(groups.values()):       # a split by group: groups held, and those another split holds too
+            others = set().union(*(g for s, g in groups.items() if s != split))
+            summary[split].update(groups=len(groups[split]), shared_groups=len(groups[split] & others),
+                                  ungrouped=sum(g.startswith("clip ") for g in groups[split]))
     leftovers = [m.path for m in FileSystems.match([FileSystems.join(tmp_dir, f"{run_id}-*")])[0].metadata_list]
     if leftovers:
         log.info("removing %d temporary files of retried bundles", len(leftovers))
@@ -407,13 +425,16 @@ class WriteExamples(beam.PTransform):
     Split folders are named `split_prefix + split`: plain for the command line, "Split-" for a
     TFX Examples artifact, whose readers look for Split-<name>/. `eval_ratio` None: one "test"
     split; else curated clips go to eval by split_of(fname) and clips of other sources to train.
+    `group_regex`: curated clips go by split_of(their group), so every clip of a group (takes cut
+    from one recording) lands in one split; a name the regex does not match is its own group.
     `tag_source`: write each Example's source (a job of more than one source; a one-source job's
     Examples stay exactly the seed's)."""
 
     def __init__(self, out_dir: str, eval_ratio: float | None, compression: str = "none", split_prefix: str = "",
-                 tag_source: bool = False):
+                 tag_source: bool = False, group_regex: str = ""):
         super().__init__()
         self._out_dir, self._eval_ratio, self._compression = out_dir, eval_ratio, compression
+        self._group_regex = group_regex
         self._split_prefix, self._tag_source = split_prefix, tag_source
         self._tmp_dir = FileSystems.join(out_dir, "_tmp")
         self._run_id = uuid.uuid4().hex[:12]
@@ -421,13 +442,20 @@ class WriteExamples(beam.PTransform):
     def _keyed_example(self, clip_mel):
         clip, mel = clip_mel
         row = clip.row
+        group = None
         if self._eval_ratio is None:
             split = "test"
+        elif row.source != kaggle_layout.CURATED:
+            split = "train"
+        elif self._group_regex:
+            group = group_of(row.fname, self._group_regex)
+            group = f"group {group}" if group is not None else f"clip {row.fname}"
+            split = split_of(group, self._eval_ratio)
         else:
-            split = split_of(row.fname, self._eval_ratio) if row.source == kaggle_layout.CURATED else "train"
+            split = split_of(row.fname, self._eval_ratio)
         record = examples.serialize(row.fname, row.labels, mel, clip.source_seconds,
                                     row.source if self._tag_source else None)
-        return split, record, row.source
+        return split, record, row.source, group
 
     def expand(self, mels):
         infos = (mels | "Serialize" >> beam.Map(self._keyed_example)

@@ -151,7 +151,9 @@ def collect(store, pipeline_name: str, run_id: str) -> dict:
         manifest = output.read_manifest(examples.uri) or {}
         facts["data"] = {"uri": examples.uri, "data_dir": prop(gen.execution, "data_dir"),
                          "fingerprint": prop(examples, "input_fingerprint"), "counts": manifest.get("counts", {}),
-                         "dead_letters": _dead_letters(examples.uri)}
+                         "dead_letters": _dead_letters(examples.uri), "split_by": prop(examples, "split_by"),
+                         "groups_spanning": max((s.get("shared_groups", 0)
+                                                 for s in (manifest.get("splits") or {}).values()), default=0)}
         facts["data"]["labels"] = manifest.get("counts", {}).get("per_label")   # None: a job before it counted
     if "StatisticsGen" in runs and runs["StatisticsGen"].artifact("statistics") is not None:
         facts["durations"] = attempt("clip durations", lambda: _durations(runs["StatisticsGen"].artifact("statistics").uri))
@@ -340,6 +342,7 @@ STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,"DejaVu Sans",sans-serif;margin:24px auto;max-width:1100px;color:#222;padding:0 16px}
 h1{font-size:22px;margin-bottom:4px} h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd;padding-bottom:4px}
 .muted{color:#666} table{border-collapse:collapse;margin:8px 0} td,th{padding:3px 10px;border-bottom:1px solid #eee;text-align:left;vertical-align:top}
+.warn{color:#a33;font-weight:bold}
 th{background:#f6f6f6} .verdict{display:inline-block;padding:6px 14px;border-radius:6px;font-weight:700;font-size:18px}
 .blessed{background:#e3f6e3;color:#176217} .refused{background:#fde7e7;color:#9b1c1c}
 .state-COMPLETE{color:#176217} .state-CACHED{color:#1f5fa8} .state-FAILED,.state-RUNNING{color:#9b1c1c;font-weight:700}
@@ -371,6 +374,11 @@ def render(f: dict) -> str:
                      f'<span id="written">{_e(counts.get("written"))}</span> examples '
                      f'({", ".join(f"{_e(k)} {_e(v)}" for k, v in sorted((counts.get("per_split") or {}).items()))}), '
                      f'<span id="dead">{_e(counts.get("failed"))}</span> dead letters.</p>')
+        if data.get("split_by"):
+            parts.append(f'<p id="split">Split {_e(data["split_by"])}.</p>')
+            if data.get("groups_spanning"):
+                parts.append("<p class='warn'>Warning: groups have clips in more than one split; the eval "
+                             "split then measures memory of those groups, not generalisation.</p>")
         sources = counts.get("per_source") or {}
         if len(sources) > 1:    # one source: the counts above are its own
             parts.append(_table(["source", "rows", "examples", "train", "eval", "dead letters"],

@@ -55,6 +55,9 @@ def arg_parser() -> argparse.ArgumentParser:
     ap.add_argument("--example_gen_config", help="an AudioExampleGenConfig text proto file "
                                                  "(proto/example_gen_config.proto); the flags below override it")
     ap.add_argument("--eval_ratio", type=float, help="share of clips in the eval split (default 0.1)")
+    ap.add_argument("--group_regex", help="split curated clips by group: the first (...) of this regex on the file "
+                                          "name (clips cut from one recording stay in one split), e.g. "
+                                          "'^[0-9]+-([0-9]+)-'; default: by file name")
     ap.add_argument("--max_error_ratio", type=float,
                     help="fail the ExampleGen (nothing downstream runs) above this share of dead letters (default 0.05)")
     noisy = ap.add_mutually_exclusive_group()
@@ -99,6 +102,8 @@ def _example_gen_config(args) -> config_lib.AudioExampleGenConfig:
         cfg.eval_ratio = args.eval_ratio
     if args.max_error_ratio is not None:
         cfg.max_error_ratio = args.max_error_ratio
+    if args.group_regex is not None:
+        cfg.group_regex = args.group_regex
     if args.noisy is not None:
         cfg.noisy = config_lib.AudioExampleGenConfig.Noisy.Value(args.noisy)
     return cfg

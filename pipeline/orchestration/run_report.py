@@ -203,8 +203,10 @@ def describe(run: ComponentRun) -> str:
             ex = first("examples")
             reasons = json.loads(prop(ex, "failed_by_reason", "{}") or "{}")
             detail = ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) or "none"
+            grouped = prop(ex, "split_by") or ""
+            split = f"; split {grouped}" if grouped.startswith("by group") else ""   # by file name: as before
             return (f"{prop(ex, 'input_rows')} rows -> {prop(ex, 'written')} examples, "
-                    f"{prop(ex, 'dead_letters')} dead letters ({detail}){_per_source(ex)}; {ex.uri}")
+                    f"{prop(ex, 'dead_letters')} dead letters ({detail}){_per_source(ex)}{split}; {ex.uri}")
         if run.component == "ExampleValidator" and first("anomalies") is not None:
             found = anomalies(first("anomalies").uri)
             return "anomalies: " + ("; ".join(f"{s}: {', '.join(v)}" for s, v in found.items()) or "none")

@@ -87,3 +87,15 @@ def test_markup_in_file_names_labels_details_and_paths_is_shown_as_text_never_ru
     assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;.wav" in page
     assert "&lt;/td&gt;&lt;script&gt;alert(2)&lt;/script&gt;" in page
     assert "blessed, not pushed: &lt;img" in page and "step &lt;img" in page and "problem &lt;img" in page
+
+
+def test_the_data_section_says_how_clips_were_split_and_warns_when_a_group_spans_splits():
+    counts = {"input_rows": 9, "written": 9, "failed": 0, "per_split": {"train": 6, "eval": 3}}
+    facts = {"pipeline": "p", "run": "r", "components": [], "problems": [],
+             "data": {"counts": counts, "dead_letters": [], "split_by": "by group (regex ^(a)): groups 2 in eval, "
+                      "4 in train; 0 in more than one split", "groups_spanning": 0}}
+    page = report_html.render(facts)
+    assert '<p id="split">Split by group (regex ^(a)): groups 2 in eval, 4 in train; 0 in more than one split.</p>' in page
+    assert "Warning" not in page
+    facts["data"]["groups_spanning"] = 1
+    assert "Warning: groups have clips in more than one split" in report_html.render(facts)
