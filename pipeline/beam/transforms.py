@@ -58,10 +58,14 @@ def group_of(fname: str, group_regex: str) -> str | None:
     return m.group(1) if m else None
 
 
+def _hash01(text: str) -> float:
+    """A fixed number in [0, 1) for a text: the same on every run and machine."""
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") / 2.0 ** 64
+
+
 def split_of(fname: str, eval_ratio: float) -> str:
     """'eval' for a fixed eval_ratio share of file names, 'train' for the rest: a hash, not a draw."""
-    h = int.from_bytes(hashlib.sha256(fname.encode("utf-8")).digest()[:8], "big") / 2.0 ** 64
-    return "eval" if h < eval_ratio else "train"
+    return "eval" if _hash01(fname) < eval_ratio else "train"
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,14 @@ class Clip:
 
 
 class _ParseRows(beam.DoFn):
-    """All sources' CSVs in one step, so that a clip two sources list is caught (parse_sources)."""
+    """All sources' CSVs in one step, so that a clip two sources list is caught (parse_sources).
+
+    The rows leave in a fixed pseudo-random order (a hash of the file name), not the CSVs': Beam's
+    local runner kept the order through the Reshuffle below, so each shard held every curated
+    clip first and then every noisy one (FAT2019's size: ~2,100 curated records, then ~10,000
+    noisy, in each of two shards; bench/shard_order.py), and the Trainer's 2,048-record shuffle
+    buffer then fed epochs of curated clips followed by noisy ones. Labels sorted in the CSV (as
+    Kaggle's are by file name) ran in blocks the same way."""
 
     def __init__(self, vocabulary: list[str] | None):
         self._vocabulary = vocabulary
@@ -85,7 +96,7 @@ class _ParseRows(beam.DoFn):
                      sum(b.source == name for b in bad))
         for b in bad:
             yield dead_letter(b.fname, b.line, "csv", b.reason, b.detail, b.source)
-        yield from good
+        yield from sorted(good, key=lambda r: (_hash01(r.fname), r.fname))
 
 
 def sources_of(csv: str | list, vocabulary: list[str] | None) -> tuple[tuple[str, str], ...]:

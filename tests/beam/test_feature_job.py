@@ -556,7 +556,7 @@ def test_a_retried_bundle_leaves_no_trace(tmp_path, compression):
     reports: finalize_shards deletes them, and the output holds each record exactly once."""
     tmp = str(tmp_path / "_tmp")
     fn = bt._WriteBundleFiles(tmp, compression, "run1")
-    records = [("train", f"r{i}".encode(), "curated") for i in range(5)] + [("eval", b"e0", "curated")]
+    records = [("train", f"r{i}".encode(), "curated", None) for i in range(5)] + [("eval", b"e0", "curated", None)]
     fn.start_bundle()                     # first attempt: writes, then the worker dies
     for r in records:
         fn.process(r)
@@ -565,7 +565,7 @@ def test_a_retried_bundle_leaves_no_trace(tmp_path, compression):
     orphans = sorted(os.listdir(tmp))
     assert len(orphans) == 2
     infos = _committed_bundle(bt._WriteBundleFiles(tmp, compression, "run1"), records)   # the retry
-    infos += _committed_bundle(bt._WriteBundleFiles(tmp, compression, "run1"), [("train", b"r5", "curated")])
+    infos += _committed_bundle(bt._WriteBundleFiles(tmp, compression, "run1"), [("train", b"r5", "curated", None)])
     summary = bt.finalize_shards(None, infos, str(tmp_path), tmp, "run1")
     assert not os.path.exists(tmp)
     assert summary["train"]["records"] == 6 and summary["eval"]["records"] == 1

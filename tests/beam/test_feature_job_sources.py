@@ -82,8 +82,8 @@ def test_noisy_clips_go_to_train_and_curated_ones_by_the_fname_hash():
     mel = tf.zeros([3, 2]).numpy()
     assert bt.split_of("a.wav", 0.99) == "eval"
     assert write._keyed_example((clip("curated"), mel))[0] == "eval"
-    split, record, source = write._keyed_example((clip("noisy"), mel))
-    assert (split, source) == ("train", "noisy")
+    split, record, source, group = write._keyed_example((clip("noisy"), mel))
+    assert (split, source, group) == ("train", "noisy", None)
     assert tf.train.Example.FromString(record).features.feature["source"].bytes_list.value == [b"noisy"]
 
 
@@ -205,3 +205,16 @@ def test_the_training_input_reads_two_source_examples_and_its_eval_batches_are_u
     out = {name: str(getattr(runs, name).manifest_dir) for name in ("noisy", "curated")}
     assert pairs(out["noisy"], "eval") == pairs(out["curated"], "eval")
     assert len(pairs(out["noisy"], "train")) == runs.noisy.manifest["counts"]["per_split"]["train"]
+
+
+@pytest.mark.slow
+def test_the_shards_mix_the_sources_rather_than_following_the_csvs(runs):
+    """Records are written in a fixed hash order of their file names, not the CSVs' order: with the
+    CSVs' order each shard held every curated clip and then every noisy one, and the Trainer's
+    shuffle buffer (2,048 records) fed whole stretches of one source at FAT2019's size."""
+    train = [r.feat["source"].bytes_list.value[0].decode() for r in runs.noisy.records.values() if r.split == "train"]
+    assert {"curated", "noisy"} == set(train)
+    changes = sum(a != b for a, b in zip(train, train[1:]))
+    assert changes >= 4, train                    # the CSVs' order: one change (curated, then noisy)
+    fnames = [f for f, r in runs.noisy.records.items() if r.split == "train"]
+    assert fnames == sorted(fnames, key=lambda f: (bt._hash01(f), f))
