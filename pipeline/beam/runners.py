@@ -91,6 +91,12 @@ def runner_flags(beam_args: list[str]) -> list[str]:
     return out
 
 
+def is_local(beam_args: list[str]) -> bool:
+    """Whether these flags (after runner_flags) run on Beam's local runner (FnApiRunner)."""
+    runner = next(a for a in runner_flags(beam_args) if a.startswith("--runner=")).split("=", 1)[1].strip()
+    return runner.lower() in _LOCAL_RUNNER_NAMES
+
+
 def ships_no_packages(beam_args: list[str]) -> bool:
     """Whether the runner these flags (after runner_flags) name runs its workers from this Python
     environment, so nothing has to be staged for them: Beam's local runner (in memory, on threads or

@@ -54,8 +54,7 @@ ONE_WORKER_COMPONENTS = ("StatisticsGen", "Evaluator", "BulkInferrer", "Submissi
 def safe_component_flags(beam_args: list[str]) -> list[str]:
     """Flags a TFX Beam component adds to the pipeline's for a local runner (ONE_WORKER), nothing
     for other runners."""
-    runner = next(a for a in runners.runner_flags(beam_args) if a.startswith("--runner=")).split("=", 1)[1]
-    return list(ONE_WORKER) if runner.strip().lower() in runners._LOCAL_RUNNER_NAMES else []  # noqa: SLF001
+    return list(ONE_WORKER) if runners.is_local(beam_args) else []
 
 
 def has_test_data(data_dir: str) -> bool:

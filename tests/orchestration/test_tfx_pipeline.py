@@ -660,3 +660,16 @@ def test_two_users_running_at_once_on_one_store_each_get_their_own_runs_report(t
         latest = tmp_path / who / "pipeline" / "reports" / "latest.html"
         if run_ids[who] == newer:
             assert f"run {newer}" in latest.read_text()
+
+
+def test_the_components_that_group_run_on_one_local_worker_and_nowhere_else():
+    """tfx_pipeline.ONE_WORKER (Beam's multi-threaded local runner loses GroupByKey elements): added
+    for the local runner (TFX puts a component's flags after the pipeline's, so they win); nothing for
+    other runners."""
+    from pipeline.orchestration import tfx_pipeline
+
+    assert tfx_pipeline.safe_component_flags([]) == tfx_pipeline.ONE_WORKER
+    assert tfx_pipeline.safe_component_flags(["--runner=DirectRunner", "--direct_num_workers=2"]) == \
+        ["--direct_num_workers=1", "--direct_running_mode=in_memory"]
+    assert tfx_pipeline.safe_component_flags(["--runner=DaskRunner"]) == []
+    assert tfx_pipeline.safe_component_flags(["--runner=DataflowRunner"]) == []
