@@ -58,9 +58,9 @@ def column_order(columns: list[str], model_labels: list[str]) -> list[int]:
 
 
 class _Join(beam.DoFn):
-    """(fname, {"row": [line...], "scores": [array...]}) -> (shard, (line, text, state)) for a row of
-    the sample; state: "scored", "missing" (zeros written) or "duplicate" (scored more than once);
-    scores without a row are counted as "extra"."""
+    """(fname, {"row": [line...], "scores": [array...]}) -> (shard, (line, csv text, state, fname))
+    for a row of the sample; state: "scored", "missing" (zeros written) or "duplicate" (scored more
+    than once); scores without a row are counted (Beam counter submission_extra) and left out."""
 
     def __init__(self, reorder: list[int], shard_rows: int):
         self._reorder, self._shard_rows = reorder, shard_rows
