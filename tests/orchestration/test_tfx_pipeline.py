@@ -398,7 +398,34 @@ def test_changed_data_is_a_cache_miss_and_is_judged_against_the_baseline(root, r
     examples = runs["AudioExampleGen"].outputs["examples"][0]
     assert run_report.prop(examples, "input_rows") == 40 + 9 + 1
     assert lwlrap_tfma.evaluation_metrics(runs["Evaluator"].outputs["evaluation"][0].uri)["baseline"] is not None
-    assert len(os.listdir(root / "serving" / "fat_tagger")) == 2
+    # blessed (tolerance 1); pushed only if it beat the served model on the same clips (issue 31 §1)
+    blessing = runs["Evaluator"].outputs["blessing"][0]
+    pushed = runs["Pusher"].outputs["pushed_model"][0]
+    assert run_report.prop(blessing, "blessed") == 1
+    versions = os.listdir(root / "serving" / "fat_tagger")
+    if run_report.prop(blessing, "best_model_id") == runs["Trainer"].outputs["model"][0].id:
+        assert len(versions) == 2 and run_report.prop(pushed, "pushed") == 1
+    else:                           # the served model scored higher: it stays, and the run says why
+        reason = run_report.prop(pushed, "reason")
+        assert len(versions) == 1 and run_report.prop(pushed, "pushed") == 0
+        assert reason.startswith("blessed, not pushed: the served model (model ") and reason in out
+    # the submission is the served model's scores
+    import csv
+
+    import tensorflow as tf
+
+    served = tf.saved_model.load(str(root / "serving" / "fat_tagger" / max(versions, key=int)))
+    test_dir = os.path.join(runs["TestExampleGen"].outputs["examples"][0].uri, "Split-test")
+    batch = [r.numpy() for f in sorted(os.listdir(test_dir))
+             for r in tf.data.TFRecordDataset(os.path.join(test_dir, f), compression_type="GZIP")]
+    scored = served.signatures["serving_default"](examples=tf.constant(batch))
+    labels = [x.decode() for x in scored["labels"].numpy()[0]]
+    with open(os.path.join(runs["SubmissionWriter"].outputs["submission"][0].uri, "submission.csv"), newline="") as f:
+        header, *rows = list(csv.reader(f))
+    fnames = [tf.train.Example.FromString(x).features.feature["fname"].bytes_list.value[0].decode() for x in batch]
+    want = dict(zip(fnames, scored["scores"].numpy()[:, [labels.index(c) for c in header[1:]]]))
+    for r in rows:
+        np.testing.assert_allclose(np.array(r[1:], float), want[r[0]], rtol=0, atol=1e-5)
 
 
 def test_a_recipe_changed_under_the_same_preset_name_is_a_cache_miss_for_the_trainer(root, refused, monkeypatch):
