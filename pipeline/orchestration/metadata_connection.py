@@ -13,6 +13,11 @@ the user or password refused, a database that does not exist (created only when 
 store whose MLMD schema is another ml-metadata release's (refused, naming both versions: MLMD
 would refuse it too, and a silent migration would break the other release's users).
 
+Concurrent runs on one MySQL/MariaDB store: `retry_restarted_transactions()` makes MLMD's client
+retry a call the server rolled back with "try restarting transaction" (MariaDB >= 11.6's
+snapshot isolation, errno 1020, reaches Python as an InternalError, which MLMD retries only as
+ABORTED): each MLMD call is one transaction, rolled back on error, so a retry repeats it whole.
+
 The password is only in the ConnectionConfig handed to TFX; `hidden_in_logs()` blanks it out of
 every log record while a run is on (TFX's LocalDagRunner logs its deployment config, connection
 included, at INFO).
@@ -251,10 +256,38 @@ def open_store(store: Store, readonly: bool = False):
         if not os.path.exists(config.sqlite.filename_uri):
             raise MetadataError(f"no ML Metadata store at {config.sqlite.filename_uri}")
         config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    retry_restarted_transactions()
     try:
         return metadata_store.MetadataStore(config)
     except RuntimeError as e:   # MLMD's errors carry no password
         raise MetadataError(f"cannot open the ML Metadata store {store.where}: {e}") from None
+
+
+RESTART_MARK = "try restarting transaction"      # MySQL/MariaDB's words for a rolled-back transaction
+
+
+@functools.cache
+def retry_restarted_transactions() -> None:
+    """Make every MetadataStore in this process (TFX's included) retry, with MLMD's own backoff and
+    retry count, a call the server rolled back and asked to restart: MLMD retries AbortedError
+    (a deadlock) but maps MariaDB's "Record has changed since last read ... try restarting
+    transaction" (innodb_snapshot_isolation, default ON since 11.6) to InternalError, so two runs
+    writing one store failed a component at random. Idempotent (cached)."""
+    from ml_metadata import errors
+    from ml_metadata.metadata_store import metadata_store
+
+    plain = metadata_store.MetadataStore._pywrap_cc_call
+
+    def call(self, method, request, response):
+        try:
+            return plain(self, method, request, response)
+        except errors.InternalError as e:
+            if RESTART_MARK not in str(e):
+                raise
+            log.info("ML Metadata: the server rolled back a transaction (%s); retrying it", str(e)[-120:])
+            raise errors.AbortedError(str(e)) from e
+
+    metadata_store.MetadataStore._pywrap_cc_call = call
 
 
 # ---------------------------------------------------------------------------------------------- logs

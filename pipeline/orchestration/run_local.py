@@ -206,6 +206,7 @@ def run(argv: list[str] | None = None) -> int:
 
     # this process's run: another user's run on the same store may start or end meanwhile
     t0, error, run_id = time.time(), None, datetime.datetime.now().isoformat()
+    metadata_connection.retry_restarted_transactions()     # another run may write the same store
     # TFX logs the deployment config, connection (and password) included, at INFO
     with metadata_connection.hidden_in_logs(metadata.config.mysql.password):
         try:

@@ -177,3 +177,34 @@ def test_a_password_of_any_characters_is_blanked_in_records_and_tracebacks(caplo
     assert 'password: "********"' in text and "db" in text and "ValueError: cannot connect with" in text
     for form in forms:
         assert form not in text, form
+
+
+def test_a_call_the_server_rolled_back_to_restart_is_retried_and_other_errors_are_not(tmp_path, monkeypatch):
+    """MariaDB >= 11.6 answers a concurrent writer with errno 1020 "Record has changed since last read
+    in table 'Execution'; try restarting transaction", which MLMD raises as InternalError and does not
+    retry (seen failing a component when two runs wrote one store). The server's answer is played by
+    a stand-in for MLMD's C++ call (a real concurrent conflict cannot be made to happen on cue); the
+    store, its retry loop and the second, real call are MLMD's own."""
+    from ml_metadata import errors
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.metadata_store.pywrap.metadata_store_extension import metadata_store as serialized
+
+    store = mc.open_store(mc.sqlite(str(tmp_path / "m.sqlite")))
+    real, answers = serialized.GetArtifactTypes, []
+
+    def flaky(handle, request):
+        if answers:
+            message, code = answers.pop(0)
+            return [b"", message.encode(), code]
+        return real(handle, request)
+
+    monkeypatch.setattr(serialized, "GetArtifactTypes", flaky)
+    monkeypatch.setattr(metadata_store.time, "sleep", lambda s: None)
+    rolled_back = ("mysql_query SELECT ... returned an unexpected NULL result_set: errno: Record has changed since last "
+                   "read in table 'Execution'; try restarting transaction")
+    answers[:] = [(rolled_back, errors.INTERNAL), (rolled_back, errors.INTERNAL)]
+    assert store.get_artifact_types() == [] and answers == []      # two rollbacks, then the real answer
+    answers[:] = [("mysql_query failed: errno: 1146 Table 'Type' doesn't exist", errors.INTERNAL)]
+    with pytest.raises(errors.InternalError, match="1146"):
+        store.get_artifact_types()
+    assert answers == []                                           # raised at once, not retried

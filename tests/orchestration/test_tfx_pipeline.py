@@ -681,7 +681,8 @@ def test_two_users_running_at_once_on_one_store_each_get_their_own_runs_report(t
     for who, run_id in run_ids.items():
         runs = run_report.component_runs(mlmd, NAME, run_id)
         assert {r.component for r in runs} >= {"Trainer", "Evaluator", "Pusher"}
-        assert all(r.state in ("COMPLETE", "CACHED") for r in runs), {r.component: r.state for r in runs}
+        assert all(r.state in ("COMPLETE", "CACHED") for r in runs), \
+            "\n".join(f"{r.component} {r.state} execution {r.execution.id}" for r in runs) + results[who][2][-3000:]
     newer = max(run_ids.values())
     for who in run_ids:
         latest = tmp_path / who / "pipeline" / "reports" / "latest.html"
