@@ -54,10 +54,11 @@ def free_port() -> int:
 
 
 class MariaDB:
-    """One server in `folder` (data/, sock, err.log); `port` on 127.0.0.1."""
+    """One server in `folder` (data/, sock, err.log); `port` on 127.0.0.1; `options`: more mariadbd
+    options (e.g. TLS: --ssl-ca=... --require-secure-transport=ON)."""
 
-    def __init__(self, folder: str, paths: dict):
-        self.folder, self.paths = str(folder), paths
+    def __init__(self, folder: str, paths: dict, options: tuple[str, ...] = ()):
+        self.folder, self.paths, self.options = str(folder), paths, tuple(options)
         self.port = free_port()
         self.socket = os.path.join(self.folder, "sock")
         self.host = "127.0.0.1"
@@ -79,7 +80,7 @@ class MariaDB:
             [self.paths["server"], "--no-defaults", f"--datadir={data}", f"--socket={self.socket}",
              f"--port={self.port}", f"--bind-address={self.host}", f"--pid-file={self.folder}/pid",
              f"--log-error={self.folder}/err.log", "--skip-name-resolve", "--innodb-buffer-pool-size=64M",
-             *self._user()],
+             *self.options, *self._user()],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         while not self._ready():   # a server that dies says so; one that hangs is pytest's timeout's
             if self._proc.poll() is not None:

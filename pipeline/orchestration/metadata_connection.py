@@ -7,6 +7,9 @@ Pipelines deploys it), and the checks that make a bad connection say what to do.
         environment variable FATP_METADATA_PASSWORD, or from --metadata_password_file, never
         from a flag (flags land in shell history, process lists and reports)
     --create_metadata_database                    create DATABASE if it does not exist
+    --metadata_ssl_ca CA.pem [--metadata_ssl_cert CERT.pem --metadata_ssl_key KEY.pem]
+                                                  MySQL over TLS (MLMD's ssl_options); the
+        server's certificate is checked against CA.pem, and its name against HOST, before a run
 
 Before a run, `check()` connects as the run will and fails with words: the server unreachable,
 the user or password refused, a database that does not exist (created only when asked), or a
@@ -31,6 +34,7 @@ import logging
 import os
 import re
 import sqlite3
+import ssl
 import tempfile
 import urllib.parse
 from dataclasses import dataclass, field
@@ -64,12 +68,34 @@ class Store:
         return self.config.WhichOneof("config") == "mysql"
 
 
+@dataclass(frozen=True)
+class Tls:
+    """TLS for a MySQL store: PEM files. `ca` is checked before a run (chain and host name, by
+    PyMySQL); `verify_in_mlmd` asks ML Metadata's own client to check it on every connection too."""
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    verify_in_mlmd: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.ca or self.cert or self.key or self.verify_in_mlmd)
+
+
 def add_flags(ap, default_help: str = "PIPELINE_ROOT/metadata.sqlite") -> None:
     ap.add_argument("--metadata", help=f"ML Metadata: {USAGE} (default: {default_help}); for MySQL the "
                                        f"password comes from ${PASSWORD_ENV} or --metadata_password_file")
     ap.add_argument("--metadata_password_file", help="a file holding the MySQL password (one line)")
     ap.add_argument("--create_metadata_database", action="store_true",
                     help="create the MySQL database named in --metadata if it does not exist")
+    ap.add_argument("--metadata_ssl_ca", default="",
+                    help="MySQL over TLS: the CA certificate (PEM) that signed the server's; the server's certificate "
+                         "is checked against it, and its name against HOST, before a run")
+    ap.add_argument("--metadata_ssl_cert", default="",
+                    help="MySQL over TLS: this client's certificate (PEM), for an account that REQUIREs X509")
+    ap.add_argument("--metadata_ssl_key", default="", help="the private key (PEM) of --metadata_ssl_cert")
+    ap.add_argument("--metadata_ssl_verify_server_cert", action="store_true",
+                    help="ML Metadata's own client checks the server's certificate on every connection too (its "
+                         "check, ml-metadata 1.21, refuses a server addressed by IP address, BUILD_NOTES.md)")
 
 
 def sqlite(path: str) -> Store:
@@ -91,7 +117,20 @@ def _password(password_file: str | None, environ) -> tuple[str, str]:
     return "", ""
 
 
-def mysql(uri: str, password_file: str | None = None, environ=None) -> Store:
+def _tls_options(config: metadata_store_pb2.ConnectionConfig, tls: Tls) -> None:
+    for flag, path in (("ca", tls.ca), ("cert", tls.cert), ("key", tls.key)):
+        if path and not os.access(path, os.R_OK):
+            raise MetadataError(f"--metadata_ssl_{flag} {path}: no such file, or not readable")
+    if bool(tls.cert) != bool(tls.key):
+        raise MetadataError("--metadata_ssl_cert and --metadata_ssl_key go together (a client certificate and its key)")
+    if tls.verify_in_mlmd and not tls.ca:
+        raise MetadataError("--metadata_ssl_verify_server_cert needs --metadata_ssl_ca (the CA to check against)")
+    o = config.mysql.ssl_options
+    o.ca, o.cert, o.key = (os.path.abspath(p) if p else "" for p in (tls.ca, tls.cert, tls.key))
+    o.verify_server_cert = tls.verify_in_mlmd
+
+
+def mysql(uri: str, password_file: str | None = None, environ=None, tls: Tls = Tls()) -> Store:
     """A Store from mysql://USER@HOST[:PORT]/DATABASE, through TFX's mysql_metadata_connection_config."""
     from tfx.orchestration import metadata
 
@@ -112,24 +151,29 @@ def mysql(uri: str, password_file: str | None = None, environ=None) -> Store:
         host=u.hostname, port=port, database=database, username=urllib.parse.unquote(u.username),
         password=password)
     config.mysql.skip_db_creation = True     # MLMD would create a missing database silently
+    if tls:
+        _tls_options(config, tls)
     where = f"{SCHEME}://{u.username}@{u.hostname}:{port}/{database}"
     return Store(config, where=where, password_from=source)
 
 
 def from_flags(metadata: str | None, default_sqlite: str, password_file: str | None = None,
-               environ=None) -> Store:
+               environ=None, tls: Tls = Tls()) -> Store:
     """The Store --metadata names (None: the SQLite default)."""
+    if metadata and metadata.startswith(SCHEME + "://"):
+        return mysql(metadata, password_file, environ, tls)
+    if tls:
+        raise MetadataError("--metadata_ssl_* apply to a MySQL store (--metadata mysql://...), not to SQLite")
     if not metadata:
         return sqlite(default_sqlite)
-    if metadata.startswith(SCHEME + "://"):
-        return mysql(metadata, password_file, environ)
     if "://" in metadata:
         raise MetadataError(f"--metadata {metadata}: ML Metadata is {USAGE}")
     return sqlite(metadata)
 
 
 def from_args(args, default_sqlite: str) -> Store:
-    return from_flags(args.metadata, default_sqlite, args.metadata_password_file)
+    tls = Tls(args.metadata_ssl_ca, args.metadata_ssl_cert, args.metadata_ssl_key, args.metadata_ssl_verify_server_cert)
+    return from_flags(args.metadata, default_sqlite, args.metadata_password_file, tls=tls)
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -186,6 +230,18 @@ def _check_sqlite(store: Store) -> None:
 
 # MySQL client error numbers (PyMySQL raises the server's and the client's)
 _ACCESS_DENIED, _DB_ACCESS_DENIED, _UNKNOWN_DB, _NO_TABLE = 1045, 1044, 1049, 1146
+_TLS_REQUIRED = 3159      # ER_SECURE_TRANSPORT_REQUIRED (MySQL 8 and MariaDB: --require_secure_transport)
+
+
+def _tls_kwargs(m) -> dict:
+    """PyMySQL's TLS settings for the connection MLMD will make: none without ssl_options (MLMD then
+    connects in clear, where PyMySQL would quietly use TLS), else the same files, and the server's
+    certificate checked against the CA, its name against HOST."""
+    o = m.ssl_options
+    if not (o.ca or o.cert or o.key):
+        return {"ssl_disabled": True}
+    return {"ssl_ca": o.ca or None, "ssl_cert": o.cert or None, "ssl_key": o.key or None,
+            "ssl_verify_cert": bool(o.ca), "ssl_verify_identity": bool(o.ca)}
 
 
 def _check_mysql(store: Store, create_database: bool) -> None:
@@ -194,14 +250,25 @@ def _check_mysql(store: Store, create_database: bool) -> None:
     m = store.config.mysql
     server = f"{m.host}:{m.port}"
     try:
-        conn = pymysql.connect(host=m.host, port=m.port, user=m.user, password=m.password, connect_timeout=15)
+        conn = pymysql.connect(host=m.host, port=m.port, user=m.user, password=m.password, connect_timeout=15,
+                               **_tls_kwargs(m))
+    except ssl.SSLError as e:          # a certificate or key file PyMySQL could not use
+        raise MetadataError(f"TLS to the ML Metadata server {server}: cannot use --metadata_ssl_* files: {e}") from None
     except pymysql.err.OperationalError as e:
         code, text = (e.args + ("",))[:2]
         if code == _ACCESS_DENIED:
             given = (f"the password was read from {store.password_from}" if store.password_from else
                      f"no password was given: set ${PASSWORD_ENV} or --metadata_password_file")
+            o = m.ssl_options
+            cert = "; or the account requires a client certificate (--metadata_ssl_cert/_key)" if o.ca and not o.cert else ""
             raise MetadataError(f"the ML Metadata server {server} refused user {m.user!r}: wrong user or password "
-                                f"({given})") from None
+                                f"({given}{cert})") from None
+        if code == _TLS_REQUIRED:
+            raise MetadataError(f"the ML Metadata server {server} accepts only TLS connections: give "
+                                "--metadata_ssl_ca (the CA certificate that signed the server's)") from None
+        if "CERTIFICATE_VERIFY_FAILED" in str(text):
+            raise MetadataError(f"TLS: the certificate of the ML Metadata server {server} is not trusted: not signed by "
+                                f"--metadata_ssl_ca {m.ssl_options.ca}, or not issued for {m.host} ({text})") from None
         if code in (2003, 2005, 2006, 2013):
             raise MetadataError(f"cannot reach the ML Metadata server {server} ({text}): is it running, and may "
                                 "this machine connect to that host and port? Check --metadata") from None
