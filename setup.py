@@ -81,6 +81,7 @@ setup(
         "numpy>=1.26,<3",
         "pandas>=2.0,<3",
         "scikit-learn==1.5.2",
+        "scipy>=1.15",               # the Evaluator's paired bootstrap (scipy.stats.bootstrap, rng=)
         "protobuf>=6.31.1,<7",
         "matplotlib>=3.8",
         "tensorboard==2.21.0",
@@ -95,7 +96,8 @@ setup(
     ],
     # librosa is the reference the feature tests (and bench/'s seed loop) compare against; the
     # pipeline itself does not import it (pipeline/features/mel_filters.py builds its filterbank)
-    extras_require={"test": ["pytest>=8", "grpcio-tools==1.74.0", "librosa==0.11.0"]},
+    extras_require={"test": ["pytest>=8", "grpcio-tools==1.74.0", "librosa==0.11.0",
+                             "cryptography>=42"]},    # tests/tls_certs.py: the TLS test server's CA
     entry_points={
         "console_scripts": [
             "fatp-beam=beam_runner:main",

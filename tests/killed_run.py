@@ -43,7 +43,7 @@ MOMENTS = {
     "statistics_gen.publish": Moment("StatisticsGen", PUBLISH),
     "trainer.after_a_backup": Moment("Trainer", "pipeline.training.resume:TrainingBackup._save", 1, "after"),
     "trainer.export_rename": Moment("Trainer", "pipeline.fileio:publish_dir"),   # SavedModel written, not in place
-    "evaluator.bootstrap": Moment("Evaluator", "pipeline.metrics.bootstrap:replicates"),
+    "evaluator.bootstrap": Moment("Evaluator", "pipeline.metrics.bootstrap:intervals"),
     "evaluator.publish": Moment("Evaluator", PUBLISH),          # blessing written, MLMD not told
     "bulk_inferrer.inference": Moment("BulkInferrer", "tfx_bsl.beam.run_inference:_BaseSavedModelHandler._run_inference",
                                       1, "after"),

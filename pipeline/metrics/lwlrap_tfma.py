@@ -153,19 +153,18 @@ class LwlrapIntervalCombiner(beam.CombineFn):
     def extract_output(self, accumulator: list) -> dict:
         rows = np.asarray(accumulator, dtype=np.float64).reshape(-1, 1 + len(self._models))
         rows = rows[np.lexsort(rows.T)]          # one order, whatever Beam's: the same sums to the last bit
-        reps = bootstrap.replicates(rows[:, 1:].T, rows[:, 0], self._samples)
-        low, high = bootstrap.interval(reps, self._confidence)
+        pairs = [] if self._baseline is None else [tuple(self._models.index(n) for n in (self._candidate, self._baseline))]
+        low, high = bootstrap.intervals(rows[:, 1:].T, rows[:, 0], pairs, self._confidence, self._samples)
         out = {}
         for j, name in enumerate(self._models):
             out[self._keys[name, CI_LOW]], out[self._keys[name, CI_HIGH]] = float(low[j]), float(high[j])
-        if self._baseline is not None:
-            c, b = (self._models.index(n) for n in (self._candidate, self._baseline))
+        if pairs:
+            (c, b), d = pairs[0], len(self._models)
             with np.errstate(invalid="ignore"):
                 point = rows[:, 1:].sum(axis=0) / rows[:, 0].sum()
-            d_low, d_high = bootstrap.interval(reps[:, c] - reps[:, b], self._confidence)
             out.update({self._keys[self._candidate, DIFF]: float(point[c] - point[b]),
-                        self._keys[self._candidate, DIFF_LOW]: float(d_low),
-                        self._keys[self._candidate, DIFF_HIGH]: float(d_high)})
+                        self._keys[self._candidate, DIFF_LOW]: float(low[d]),
+                        self._keys[self._candidate, DIFF_HIGH]: float(high[d])})
         return out
 
 

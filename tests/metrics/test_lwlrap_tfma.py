@@ -102,9 +102,8 @@ def test_interval_combiner_pairs_candidate_and_baseline_on_the_same_clips():
     out = {(k.model_name, k.name): v for k, v in fn.extract_output(fn.merge_accumulators(accs)).items()}
 
     (c_hits, positives), (b_hits, _) = bootstrap.clip_sums(truth, scores), bootstrap.clip_sums(truth, worse)
-    reps = bootstrap.replicates(np.stack([c_hits, b_hits]), positives, samples=300)
-    (c_low, b_low), (c_high, b_high) = bootstrap.interval(reps, 0.9)
-    d_low, d_high = bootstrap.interval(reps[:, 0] - reps[:, 1], 0.9)
+    (c_low, b_low, d_low), (c_high, b_high, d_high) = bootstrap.intervals(
+        np.stack([c_hits, b_hits]), positives, [(0, 1)], confidence=0.9, samples=300)
     assert out[("candidate", "lwlrap_ci_low")] == pytest.approx(c_low, abs=1e-12)
     assert out[("baseline", "lwlrap_ci_high")] == pytest.approx(b_high, abs=1e-12)
     assert out[("candidate", "lwlrap_diff")] == pytest.approx(lwlrap(truth, scores) - lwlrap(truth, worse), abs=1e-12)
