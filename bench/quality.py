@@ -5,14 +5,24 @@ on speakers the model never heard (speaker-held-out folds) and on a test split t
         [--folds george,jackson,nicolas,theo,shared] [--train_clips 800] [--test_clips 200]
         [--candidate NAME=PRESET:OVERRIDES ...] [--features FIELDS --work_dir DIR]
         [--noisy 2000 [--noisy_label_error 0.3]]
+    .ci/inenv python bench/quality.py --folds kitchen0,kitchen1,kitchen2,kitchen3 --recipes default,mlp \
+        --seeds 1234,7,42 --work_dir /tmp/fatp-quality-kitchen10
 
-Folds (FSDD has four speakers):
+Folds (FSDD has four speakers; kitchen10 holds real sound events):
 - `<speaker>` (speaker-held-out): `make_fat_dataset.py --speakers` the other three for training
   (TRAIN_CLIPS clips, --test 0) and the held-out speaker alone for test (--train 0, TEST_CLIPS
   clips); both with mixed formats (mono 16-bit, stereo 24-bit, mono float), as users' files come.
 - `shared`: the earlier figure, `--train TRAIN_CLIPS --test TEST_CLIPS --seed 7` over all four
   speakers (mono 16-bit; 800/200 is the earlier table's data), whose test clips share their
   speakers with training.
+- `kitchen0` .. `kitchen3` (issue 30): ../shared/data/kitchen10 (440 real 5 s clips, 10 classes,
+  179 source recordings) in four folds by recording: the recordings are dealt to folds in a fixed
+  shuffled order, and each fold's clips are its test clips, the other folds' its training clips
+  (split into train/eval by the same group key, `--group_regex RECORDING_REGEX`, so no
+  recording is on both sides of either split). The test set adds two-label mixes: half as many as
+  the single clips, each the sum of two held-out clips of different classes (peak-normalised when
+  the sum clips), as FAT2019's multi-label clips. Each run also reports lwlrap on the single clips
+  and on the mixes. --train_clips/--test_clips do not apply.
 For each fold the Beam job (seed feature preset, 636 x 128) writes the train clips (90/10
 train/eval split by file name; early stopping sees only the training speakers) and, separately,
 the test clips with their true labels. `--features` (FeatureConfig fields over the seed preset,
@@ -63,6 +73,12 @@ REPO = os.path.dirname(HERE)
 SHARED = os.path.join(os.path.dirname(REPO), "shared")
 RECORDINGS = os.path.join(SHARED, "data", "fsdd", "recordings")
 SPEAKERS = ("george", "jackson", "nicolas", "theo")
+KITCHEN10 = os.path.join(SHARED, "data", "kitchen10")
+# kitchen10's FOLD-RECORDING-TAKE-TARGET.ogg: takes of one source recording share RECORDING. (The
+# issue's `^[0-9]+-([0-9]+)-` matches 272 of the 440 names: 168 takes of 41 recordings named in words,
+# e.g. 4-M-Mixer.wav-A-0.ogg, would each be a group of one and leak across the split.)
+RECORDING_REGEX = r"^[0-9]+-(.+)-[A-Z]+-[0-9]+\.ogg$"
+KITCHEN_FOLDS = tuple(f"kitchen{i}" for i in range(4))
 MIXED_FORMATS = "1:PCM_16,2:PCM_24,1:FLOAT"
 sys.path.insert(0, REPO)
 
@@ -140,10 +156,85 @@ def beam(data: str, out: str, features: str, *args: str) -> None:
                  f"built with (fields over the defaults):\n{built}Give each feature config its own --work_dir.")
 
 
+def kitchen_folds() -> dict[str, list[tuple[str, str]]]:
+    """{fold: [(fname, labels)] of its held-out clips}: kitchen10's recordings dealt to the folds in
+    a fixed shuffled order, every take of a recording in one fold."""
+    import csv
+    import random
+    import re
+
+    with open(os.path.join(KITCHEN10, "train_curated.csv"), newline="") as f:
+        rows = [(r["fname"], r["labels"]) for r in csv.DictReader(f)]
+    recordings = sorted({re.match(RECORDING_REGEX, fname).group(1) for fname, _ in rows})
+    random.Random(7).shuffle(recordings)
+    fold_of = {rec: KITCHEN_FOLDS[i % len(KITCHEN_FOLDS)] for i, rec in enumerate(recordings)}
+    out = {fold: [] for fold in KITCHEN_FOLDS}
+    for fname, labels in rows:
+        out[fold_of[re.match(RECORDING_REGEX, fname).group(1)]].append((fname, labels))
+    return out
+
+
+def _write_csv(path: str, rows) -> None:
+    with open(path, "w") as f:
+        f.write("fname,labels\n" + "".join(f'{fname},"{labels}"\n' for fname, labels in rows))
+
+
+def kitchen_test_audio(held: list[tuple[str, str]], folder: str, seed: int) -> list[tuple[str, str]]:
+    """The held-out clips copied into `folder`, plus len(held) // 2 two-label mixes of two of them
+    (different classes) written as float WAV; returns the test rows (fname, labels)."""
+    import random
+    import shutil
+
+    import soundfile as sf
+
+    os.makedirs(folder, exist_ok=True)
+    for fname, _ in held:
+        shutil.copyfile(os.path.join(KITCHEN10, "train_curated", fname), os.path.join(folder, fname))
+    rng, rows = random.Random(seed), list(held)
+    while len(rows) < len(held) + len(held) // 2:
+        (a, la), (b, lb) = rng.sample(held, 2)
+        name = f"mix-{a[:-4]}+{b[:-4]}.wav"
+        if la == lb or any(r[0] == name for r in rows):
+            continue
+        (x, rate), (y, rate_b) = (sf.read(os.path.join(KITCHEN10, "train_curated", n), dtype="float32", always_2d=True)
+                                  for n in (a, b))
+        if rate != rate_b:
+            sys.exit(f"kitchen10: {a} and {b} differ in sample rate ({rate}, {rate_b})")
+        n = min(len(x), len(y))
+        mix = x[:n].mean(axis=1) + y[:n].mean(axis=1)
+        mix /= max(1.0, float(np.abs(mix).max()))
+        sf.write(os.path.join(folder, name), mix, rate, subtype="FLOAT")
+        rows.append((name, f"{la},{lb}"))
+    return rows
+
+
+def prepare_kitchen(work: str, fold: str, features: str) -> tuple[str, None, str]:
+    """(train examples, None, test examples) of a kitchen10 fold, built once."""
+    base = os.path.join(work, fold)
+    examples, test_examples = os.path.join(base, "examples"), os.path.join(base, "test_examples")
+    folds = kitchen_folds()
+    train_csv, test_csv = os.path.join(base, "train.csv"), os.path.join(base, "test_labels.csv")
+    if not os.path.exists(test_csv):
+        os.makedirs(base, exist_ok=True)
+        _write_csv(train_csv, [r for f, rows in sorted(folds.items()) if f != fold for r in rows])
+        rows = kitchen_test_audio(folds[fold], os.path.join(base, "test_audio"), KITCHEN_FOLDS.index(fold))
+        _write_csv(test_csv + ".tmp", rows)
+        os.replace(test_csv + ".tmp", test_csv)
+    beam(KITCHEN10, examples, features, "--csv", train_csv, "--audio_dir", os.path.join(KITCHEN10, "train_curated"),
+         "--group_regex", RECORDING_REGEX)
+    beam(KITCHEN10, test_examples, features, "--csv", test_csv, "--audio_dir", os.path.join(base, "test_audio"),
+         "--eval_ratio", "0")
+    return examples, None, test_examples
+
+
 def prepare(work: str, fold: str, train_clips: int, test_clips: int, features: str = "", noisy: int = 0,
             noisy_label_error: float = 0.3) -> tuple[str, str | None, str]:
     """(train examples, train examples with `noisy` noisy clips or None, test examples) of a fold,
     built once."""
+    if fold in KITCHEN_FOLDS:
+        if noisy:
+            sys.exit("kitchen10 has no noisy source: --noisy applies to the FSDD folds")
+        return prepare_kitchen(work, fold, features)
     base = os.path.join(work, f"{fold}-{train_clips}x{test_clips}")
     examples, test_examples = os.path.join(base, "examples"), os.path.join(base, "test_examples")
     if fold == "shared":
@@ -290,7 +381,8 @@ def one_run(recipe: str, spec: tuple[str, str] | None, seed: int, fold: str, arg
     else:
         preset, overrides = spec
         r = train_recipe(preset, overrides, examples, out, args.epochs, seed)
-        s = {"test_lwlrap": float(lwlrap.lwlrap(truth, score_saved_model(r["export_path"], raw))),
+        scores = score_saved_model(r["export_path"], raw)
+        s = {"test_lwlrap": float(lwlrap.lwlrap(truth, scores)), **by_label_count(truth, scores),
              "eval_lwlrap": r["eval_lwlrap"], "fit_s": r["train_seconds"], "cpu_s": r["cpu_seconds"],
              "epochs_run": r["epochs_run"], "preset": preset, "overrides": overrides}
     if noisy:
@@ -303,6 +395,17 @@ def one_run(recipe: str, spec: tuple[str, str] | None, seed: int, fold: str, arg
     print(f"{recipe} seed {seed} fold {fold}: test lwlrap {s['test_lwlrap']:.4f} (eval {s['eval_lwlrap']:.4f}), "
           f"{s['epochs_run']} epochs, fit {s['fit_s']:.0f} s, cpu {s['cpu_s']:.0f} s", flush=True)
     return s
+
+
+def by_label_count(truth: np.ndarray, scores: np.ndarray) -> dict:
+    """lwlrap of the single-label and of the multi-label test clips, where the test set has both."""
+    from pipeline.metrics import lwlrap
+
+    multi = truth.sum(axis=1) > 1
+    if not multi.any() or multi.all():
+        return {}
+    return {"test_lwlrap_single": float(lwlrap.lwlrap(truth[~multi], scores[~multi])),
+            "test_lwlrap_multi": float(lwlrap.lwlrap(truth[multi], scores[multi]))}
 
 
 def summarize(runs: list[dict], recipes: list[str], seeds: list[int], folds: list[str]) -> dict:
@@ -373,9 +476,10 @@ def main() -> None:
     recipes, folds = args.recipes.split(","), args.folds.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     unknown = [r for r in recipes if r != "mlp" and r not in candidates] + [
-        f for f in folds if f != "shared" and f not in SPEAKERS]
+        f for f in folds if f != "shared" and f not in SPEAKERS + KITCHEN_FOLDS]
     if unknown:
-        sys.exit(f"unknown recipes/folds {unknown}; recipes: mlp, {sorted(candidates)}; folds: {SPEAKERS}, shared")
+        sys.exit(f"unknown recipes/folds {unknown}; recipes: mlp, {sorted(candidates)}; folds: {SPEAKERS}, shared, "
+                 f"{KITCHEN_FOLDS}")
     if not args.noisy and any(r.endswith(NOISY_SUFFIX) for r in recipes):
         sys.exit("the +noisy recipes train on noisy clips: give --noisy N")
     data = {}
