@@ -65,7 +65,8 @@ def arg_parser() -> argparse.ArgumentParser:
     ap.add_argument("--group_regex", default="",
                     help="split by group, not by file name: the first (...) of this regex on the file name is "
                          "the group (clips cut from one recording), and all clips of a group land in one split, "
-                         "e.g. '^[0-9]+-([0-9]+)-'; a name it does not match is a group of its own")
+                         "e.g. '^[0-9]+-(.+)-[A-Z]+-[0-9]+\\.ogg$' (kitchen10's recording); a name it does not "
+                         "match is a group of its own (the manifest counts them: ungrouped)")
     ap.add_argument("--max_error_ratio", type=float, default=0.05,
                     help="fail the job (exit 1) when more than this share of rows are dead letters")
     ap.add_argument("--batch_size", type=int, default=8, help="clips per call of the feature function")

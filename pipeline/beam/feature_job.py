@@ -192,7 +192,7 @@ def check_group_regex(group_regex: str) -> None:
         raise ValueError(f"--group_regex {group_regex!r}: {e}") from None
     if compiled.groups < 1:
         raise ValueError(f"--group_regex {group_regex!r} has no group: its first (...) is the group key, "
-                         "e.g. '^[0-9]+-([0-9]+)-' for kitchen10's recording")
+                         "e.g. '^[0-9]+-(.+)-[A-Z]+-[0-9]+\\.ogg$' for kitchen10's recording")
 
 
 def make_spec(*, output_dir: str, cfg: config_lib.FeatureConfig, data_dir: str | None = None, mode: str = "train",

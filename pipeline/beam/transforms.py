@@ -52,8 +52,8 @@ def dead_letter(fname: str, line: int, stage: str, reason: str, detail: str,
 
 def group_of(fname: str, group_regex: str) -> str | None:
     """The group a clip belongs to: the first group of `group_regex` matched at the start of its
-    file name (kitchen10's `^[0-9]+-([0-9]+)-`: the recording a take was cut from); None when the
-    name does not match (the clip is then a group of its own)."""
+    file name (kitchen10's `^[0-9]+-(.+)-[A-Z]+-[0-9]+\\.ogg$`: the recording a take was cut
+    from); None when the name does not match (the clip is then a group of its own)."""
     m = re.match(group_regex, fname)
     return m.group(1) if m else None
 

@@ -57,7 +57,7 @@ def arg_parser() -> argparse.ArgumentParser:
     ap.add_argument("--eval_ratio", type=float, help="share of clips in the eval split (default 0.1)")
     ap.add_argument("--group_regex", help="split curated clips by group: the first (...) of this regex on the file "
                                           "name (clips cut from one recording stay in one split), e.g. "
-                                          "'^[0-9]+-([0-9]+)-'; default: by file name")
+                                          "'^[0-9]+-(.+)-[A-Z]+-[0-9]+\\.ogg$'; default: by file name")
     ap.add_argument("--max_error_ratio", type=float,
                     help="fail the ExampleGen (nothing downstream runs) above this share of dead letters (default 0.05)")
     noisy = ap.add_mutually_exclusive_group()
