@@ -10,8 +10,8 @@ two models' own intervals suggest when both models find the same clips hard.
 Deterministic: the clips are put in one canonical order (sorted by their values) before a
 generator seeded with SEED draws, so an interval does not depend on the order in which Beam
 delivered the clips. Intervals are percentile intervals of the replicates. (Until issue 31 this was
-a hand-written resampler; scipy's gives the same intervals within the Monte Carlo spread between
-seeds, and is faster from a few hundred clips on: BUILD_NOTES.md.)
+a hand-written resampler; scipy's intervals differ from it by Monte Carlo noise, of the order of
+the spread between two seeds of either, and it is faster from a few hundred clips on: BUILD_NOTES.md.)
 """
 from __future__ import annotations
 
