@@ -174,11 +174,6 @@ def kitchen_folds() -> dict[str, list[tuple[str, str]]]:
     return out
 
 
-def _write_csv(path: str, rows) -> None:
-    with open(path, "w") as f:
-        f.write("fname,labels\n" + "".join(f'{fname},"{labels}"\n' for fname, labels in rows))
-
-
 def kitchen_test_audio(held: list[tuple[str, str]], folder: str, seed: int) -> list[tuple[str, str]]:
     """The held-out clips copied into `folder`, plus len(held) // 2 two-label mixes of two of them
     (different classes) written as float WAV; returns the test rows (fname, labels)."""
@@ -210,15 +205,17 @@ def kitchen_test_audio(held: list[tuple[str, str]], folder: str, seed: int) -> l
 
 def prepare_kitchen(work: str, fold: str, features: str) -> tuple[str, None, str]:
     """(train examples, None, test examples) of a kitchen10 fold, built once."""
+    from pipeline.data.demo_data import write_labels_csv
+
     base = os.path.join(work, fold)
     examples, test_examples = os.path.join(base, "examples"), os.path.join(base, "test_examples")
     folds = kitchen_folds()
     train_csv, test_csv = os.path.join(base, "train.csv"), os.path.join(base, "test_labels.csv")
     if not os.path.exists(test_csv):
         os.makedirs(base, exist_ok=True)
-        _write_csv(train_csv, [r for f, rows in sorted(folds.items()) if f != fold for r in rows])
+        write_labels_csv(train_csv, [r for f, rows in sorted(folds.items()) if f != fold for r in rows])
         rows = kitchen_test_audio(folds[fold], os.path.join(base, "test_audio"), KITCHEN_FOLDS.index(fold))
-        _write_csv(test_csv + ".tmp", rows)
+        write_labels_csv(test_csv + ".tmp", rows)
         os.replace(test_csv + ".tmp", test_csv)
     beam(KITCHEN10, examples, features, "--csv", train_csv, "--audio_dir", os.path.join(KITCHEN10, "train_curated"),
          "--group_regex", RECORDING_REGEX)

@@ -120,7 +120,8 @@ def _labelled(rows) -> list[tuple[str, str]]:
     return [(fname, ",".join(LABELS[k] for k in labels)) for fname, labels in rows]
 
 
-def _write_labels_csv(path: str, rows: list[tuple[str, str]]) -> None:
+def write_labels_csv(path: str, rows: list[tuple[str, str]]) -> None:
+    """A Kaggle-layout labels CSV: header fname,labels, then (fname, "Name,Name") rows, quoted as needed."""
     with open(path, "w", newline="") as f:
         csv.writer(f).writerows([("fname", "labels"), *rows])
 
@@ -141,7 +142,7 @@ def _noisy_part(out: str, count: int, curated: list, broken: bool, rng: np.rando
         csv_rows += [("noisy_missing.wav", LABELS[4]), ("noisy_unknown.wav", "Not_a_label"), (curated[0][0], LABELS[5])]
         dead = {"noisy_missing.wav": "missing_file", "noisy_unknown.wav": "unknown_label",
                 f"{curated[0][0]}#noisy": "duplicate_fname"}
-    _write_labels_csv(os.path.join(out, "train_noisy.csv"), csv_rows)
+    write_labels_csv(os.path.join(out, "train_noisy.csv"), csv_rows)
     return rows, dead
 
 
@@ -165,12 +166,12 @@ def generate(out: str, train: int = 240, test: int = 60, seed: int = 0, broken: 
         expected_dead.update({"missing_clip.wav": "missing_file", "unknown_label.wav": "unknown_label",
                               "../escape.wav": "unsafe_path"})
         expected_dead[f"{train_rows[0][0]}#duplicate"] = "duplicate_fname"
-    _write_labels_csv(os.path.join(out, "train_curated.csv"), csv_rows)
+    write_labels_csv(os.path.join(out, "train_curated.csv"), csv_rows)
     with open(os.path.join(out, "sample_submission.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["fname", *LABELS])
         w.writerows([fname, *([0] * len(LABELS))] for fname, _ in test_rows)
-    _write_labels_csv(os.path.join(out, "test_labels.csv"), _labelled(test_rows))
+    write_labels_csv(os.path.join(out, "test_labels.csv"), _labelled(test_rows))
     log.info("wrote %d train clips (+%d bad rows) and %d test clips to %s", train, len(expected_dead), test, out)
     result = {"train": train_rows, "test": test_rows, "expected_dead": expected_dead}
     if noisy:

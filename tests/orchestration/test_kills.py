@@ -17,16 +17,14 @@ import pytest
 from pipeline.data import demo_data
 from tests import REPO
 from tests import killed_run
+from tests.orchestration.test_tfx_pipeline import NAME
+from tests.orchestration.test_tfx_pipeline import _flags as pipeline_flags
 
 pytestmark = pytest.mark.slow
-NAME = "fat-test"
 
 
 def _flags(root, data) -> list[str]:
-    opts = {"data_dir": data, "pipeline_root": root / "pipeline", "serving_root": root / "serving",
-            "pipeline_name": NAME, "feature_preset": "small", "trainer_preset": "small", "epochs": 2,
-            "eval_ratio": 0.3, "max_error_ratio": 0.3, "min_lwlrap": 0}
-    return [x for k, v in opts.items() for x in (f"--{k}", str(v))]
+    return pipeline_flags(root, data, min_lwlrap=0)
 
 
 def _env(**extra) -> dict:
