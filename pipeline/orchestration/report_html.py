@@ -27,6 +27,8 @@ import os
 import re
 import sys
 
+from apache_beam.io.filesystems import FileSystems
+
 from pipeline import fileio
 from pipeline.data import job_output as output
 from pipeline.orchestration import run_report
@@ -463,15 +465,31 @@ def render(f: dict) -> str:
             f"<body>{''.join(parts)}</body></html>")
 
 
+def _page_name(run_id: str) -> str:
+    return re.sub(r"[^\w.-]", "-", run_id) + ".html"
+
+
+def _newest_with_page(store, reports: str, run_id: str) -> str:
+    """Of the runs in the store with a page in this `reports` folder (and `run_id` itself), the
+    newest by MLMD's creation order. Per folder, not per store: users who share one store but
+    each have their own pipeline root each keep their own newest run in latest.html."""
+    runs = sorted(store.get_contexts_by_type("pipeline_run"), key=lambda c: (c.create_time_since_epoch, c.id))
+    for run in reversed(runs):
+        if run.name == run_id or FileSystems.exists(fileio.join(reports, _page_name(run.name))):
+            return run.name
+    return run_id
+
+
 def write(store, pipeline_root: str, pipeline_name: str, run_id: str) -> str:
-    """Write PIPELINE_ROOT/reports/<run>.html, and latest.html when the run is the store's newest
-    (atomically); returns the run's path. An older run's page (fatp-report --run OLD, or a run
-    that ends after another user's later run on the same store) leaves latest.html as it is."""
+    """Write PIPELINE_ROOT/reports/<run>.html, and latest.html (atomically) unless a newer run of
+    this pipeline root already has its page there; returns the run's path. An older run's page
+    (fatp-report --run OLD, or a run that ends after a later run on the same root) leaves
+    latest.html as it is; another user's run on the same store but another root does not count."""
     page = render(collect(store, pipeline_name, run_id))
     reports = fileio.join(pipeline_root, REPORTS)
-    path = fileio.join(reports, re.sub(r"[^\w.-]", "-", run_id) + ".html")
+    path = fileio.join(reports, _page_name(run_id))
     fileio.write_text(path, page)
-    if run_report.latest_run_id(store, pipeline_name) == run_id:
+    if _newest_with_page(store, reports, run_id) == run_id:
         fileio.write_text(fileio.join(reports, LATEST), page)
     return path
 
