@@ -263,8 +263,9 @@ def prepare(work: str, fold: str, train_clips: int, test_clips: int, features: s
     return examples, noisy_examples, test_examples
 
 
-def test_set(test_examples: str):
-    """Serialized test examples, their multi-hot truth and mels, all in the same order."""
+def test_set(test_examples: str, split: str = "train"):
+    """Serialized examples of one split (a test job writes all to "train"), their multi-hot truth
+    and mels, all in the same order."""
     import tensorflow as tf
 
     from pipeline.training import dataset
@@ -272,7 +273,7 @@ def test_set(test_examples: str):
     from pipeline.data import job_output as output
     from pipeline.data import tfrecord
 
-    files, _ = dataset.split_files(test_examples, "train")
+    files, _ = dataset.split_files(test_examples, split)
     manifest = output.require_complete(test_examples)
     with open(os.path.join(test_examples, "labels.txt")) as f:
         num_classes = sum(1 for line in f if line.strip())
@@ -361,9 +362,16 @@ def one_run(recipe: str, spec: tuple[str, str] | None, seed: int, fold: str, arg
     out = os.path.join(args.work_dir, "runs", recipe, str(seed),
                        f"{fold}-{args.train_clips}x{args.test_clips}{tail}-e{args.epochs}")
     path = os.path.join(out, "score.json")
+    curated_examples, noisy_examples, (raw, truth, mels) = data[fold]
+    examples = noisy_examples if noisy else curated_examples
     if not args.fresh and os.path.exists(path):
         with open(path) as f:
             cached = json.load(f)
+        if recipe != "mlp" and "eval_interval" not in cached:     # a run cached before the interval was kept
+            with open(os.path.join(out, "results.json")) as f:
+                cached.update(eval_check(json.load(f)["export_path"], examples, cached))
+            with open(path, "w") as f:
+                json.dump(cached, f, indent=1)
         # the resolved TrainerConfig decides, not the spelling: a candidate whose overrides were
         # rewritten (or whose preset's defaults moved into them) but train the same stays cached
         changed = spec is not None and config_changes(out, *spec, args.epochs, seed)
@@ -371,8 +379,6 @@ def one_run(recipe: str, spec: tuple[str, str] | None, seed: int, fold: str, arg
             sys.exit(f"{path}: {recipe} now resolves to another TrainerConfig than the cached run was trained "
                      f"with ({'; '.join(changed)}), e.g. after a default changed; --fresh trains it again")
         return cached
-    curated_examples, noisy_examples, (raw, truth, mels) = data[fold]
-    examples = noisy_examples if noisy else curated_examples
     if recipe == "mlp":
         s = mlp_baseline(examples, mels, truth, args.epochs, seed)
     else:
@@ -382,6 +388,7 @@ def one_run(recipe: str, spec: tuple[str, str] | None, seed: int, fold: str, arg
         s = {"test_lwlrap": float(lwlrap.lwlrap(truth, scores)), **by_label_count(truth, scores),
              "eval_lwlrap": r["eval_lwlrap"], "fit_s": r["train_seconds"], "cpu_s": r["cpu_seconds"],
              "epochs_run": r["epochs_run"], "preset": preset, "overrides": overrides}
+        s.update(eval_check(r["export_path"], examples, s))
     if noisy:
         s.update(noisy_clips=args.noisy, noisy_label_error=args.noisy_label_error)
     s.update(recipe=recipe, seed=seed, fold=fold, test_clips=len(raw), epochs=args.epochs,
@@ -392,6 +399,20 @@ def one_run(recipe: str, spec: tuple[str, str] | None, seed: int, fold: str, arg
     print(f"{recipe} seed {seed} fold {fold}: test lwlrap {s['test_lwlrap']:.4f} (eval {s['eval_lwlrap']:.4f}), "
           f"{s['epochs_run']} epochs, fit {s['fit_s']:.0f} s, cpu {s['cpu_s']:.0f} s", flush=True)
     return s
+
+
+def eval_check(export: str, examples: str, score: dict) -> dict:
+    """Issue 30 §2: does the eval split tell the truth about held-out recordings? The exported
+    model's lwlrap on the training examples' eval split with its 95% bootstrap interval (as the
+    Evaluator computes one), and whether the held-out single clips' lwlrap lies inside it."""
+    from pipeline.metrics import bootstrap, lwlrap
+
+    raw, truth, _ = test_set(examples, "eval")
+    scores = score_saved_model(export, raw)
+    lo, hi = bootstrap.intervals(*bootstrap.clip_sums(truth, scores))
+    held = score.get("test_lwlrap_single", score["test_lwlrap"])
+    return {"eval_lwlrap_export": float(lwlrap.lwlrap(truth, scores)), "eval_interval": [float(lo[0]), float(hi[0])],
+            "eval_clips": len(raw), "heldout_in_eval_interval": bool(lo[0] <= held <= hi[0])}
 
 
 def by_label_count(truth: np.ndarray, scores: np.ndarray) -> dict:
