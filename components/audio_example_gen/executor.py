@@ -75,7 +75,11 @@ def split_by(manifest: dict) -> str:
     held = ", ".join(f"{s['groups']} in {name}" for name, s in sorted(splits.items()) if "groups" in s)
     shared = max((s.get("shared_groups", 0) for s in splits.values()), default=0)
     ungrouped = sum(s.get("ungrouped", 0) for s in splits.values())
-    return (f"by group (regex {how['group_regex']}): groups {held}; {shared} in more than one split"
+    if "group_regex" in how:
+        key = f"regex {how['group_regex']}"
+    else:
+        key = f"column {how['group_column']} of " + (how.get("group_csv") or "the training CSV")
+    return (f"by group ({key}): groups {held}; {shared} in more than one split"
             + (f"; {ungrouped} clips matched no group (each its own)" if ungrouped else ""))
 
 
@@ -93,6 +97,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                              labels=paths.labels, noisy=paths.noisy_csv is not None, noisy_csv=paths.noisy_csv,
                              noisy_audio_dir=paths.noisy_audio_dir, eval_ratio=cfg.eval_ratio,
                              group_regex="" if test else cfg.group_regex,
+                             group_column="" if test else cfg.group_column,
+                             group_csv="" if test else paths.group_csv or "",
                              max_error_ratio=cfg.max_error_ratio,
                              batch_size=cfg.batch_size, compression=_deflate(cfg), split_prefix=SPLIT_PREFIX,
                              inputs={"data_dir": data_dir,

@@ -28,6 +28,7 @@ class InputPaths:
     labels: str
     noisy_csv: str | None = None           # the noisy source, where it is read (None: curated only)
     noisy_audio_dir: str | None = None
+    group_csv: str | None = None           # a CSV of each training clip's group, where one is named
 
 
 def _under(data_dir: str, path: str) -> str:
@@ -37,11 +38,12 @@ def _under(data_dir: str, path: str) -> str:
 
 
 def resolve(data_dir: str, cfg: AudioExampleGenConfig) -> InputPaths:
-    """Paths of the CSV, the audio folder and the label file, and of the noisy source's CSV and
-    folder where it is read (mode TRAIN; `noisy` ON, or AUTO and its CSV exists); relative paths
-    are under data_dir."""
+    """Paths of the CSV, the audio folder and the label file, of the group CSV where one is named,
+    and of the noisy source's CSV and folder where it is read (mode TRAIN; `noisy` ON, or AUTO and
+    its CSV exists); relative paths are under data_dir."""
     paths = InputPaths(csv=_under(data_dir, cfg.csv), audio_dir=_under(data_dir, cfg.audio_dir),
-                       labels=_under(data_dir, cfg.labels))
+                       labels=_under(data_dir, cfg.labels),
+                       group_csv=_under(data_dir, cfg.group_csv) if cfg.group_csv else None)
     if cfg.mode == AudioExampleGenConfig.TEST or cfg.noisy == AudioExampleGenConfig.OFF:
         return paths
     noisy_csv = _under(data_dir, cfg.noisy_csv)
@@ -77,15 +79,18 @@ def fingerprint(paths: InputPaths, mode: int = AudioExampleGenConfig.METADATA) -
     every file under the audio folders its name and size with, by `mode`, its modification time
     (METADATA, what TFX's FileBasedExampleGen fingerprints too, without reading gigabytes of
     audio) or a checksum of its content (CONTENT). The noisy source's CSV and folder count where
-    it is read; without it the digest is what it was before the noisy source existed.
+    it is read, and the group CSV where one is named; without them the digest is what it was
+    before either existed.
 
     Returns "sha256:<hex> files=<n> bytes=<total>[ content]", readable in MLMD."""
     noisy = [("noisy CSV", paths.noisy_csv), ("noisy audio folder", paths.noisy_audio_dir)] if paths.noisy_csv else []
-    for what, path in [("CSV", paths.csv), ("label file", paths.labels), ("audio folder", paths.audio_dir), *noisy]:
+    grouped = [("group CSV", paths.group_csv)] if paths.group_csv else []
+    for what, path in [("CSV", paths.csv), ("label file", paths.labels), ("audio folder", paths.audio_dir), *noisy,
+                       *grouped]:
         if not FileSystems.exists(path):
             raise ValueError(f"the {what} {path} does not exist")
     h = hashlib.sha256()
-    for path in (paths.csv, paths.labels) + ((paths.noisy_csv,) if noisy else ()):
+    for path in (paths.csv, paths.labels) + ((paths.noisy_csv,) if noisy else ()) + tuple(p for _, p in grouped):
         with FileSystems.open(path, compression_type="uncompressed") as f:
             h.update(path.encode() + b"\0" + hashlib.sha256(f.read()).digest())
     folders = [paths.audio_dir] + ([paths.noisy_audio_dir] if noisy else [])

@@ -21,7 +21,7 @@ from pipeline import fileio
 from pipeline import logs
 from pipeline.beam import feature_job, runners
 from pipeline.data import job_output as output
-from pipeline.data import tfrecord
+from pipeline.data import groups, tfrecord
 
 log = logging.getLogger("fatp.job")
 
@@ -62,11 +62,7 @@ def arg_parser() -> argparse.ArgumentParser:
                     help="feature parameters: 'seed' = the Kaggle kernel's (636x128), 'small' = fast demo/tests")
     ap.add_argument("--feature_config", help="a FeatureConfig text proto merged over --preset")
     ap.add_argument("--eval_ratio", type=float, default=0.1, help="share of clips in the eval split")
-    ap.add_argument("--group_regex", default="",
-                    help="split by group, not by file name: the first (...) of this regex on the file name is "
-                         "the group (clips cut from one recording), and all clips of a group land in one split, "
-                         "e.g. '^[0-9]+-(.+)-[A-Z]+-[0-9]+\\.ogg$' (kitchen10's recording); a name it does not "
-                         "match is a group of its own (the manifest counts them: ungrouped)")
+    groups.add_flags(ap, default="")
     ap.add_argument("--max_error_ratio", type=float, default=0.05,
                     help="fail the job (exit 1) when more than this share of rows are dead letters")
     ap.add_argument("--batch_size", type=int, default=8, help="clips per call of the feature function")
@@ -92,6 +88,7 @@ def _resolve(args: argparse.Namespace) -> feature_job.JobSpec:
                                      batch_size=args.batch_size, intra_op_threads=args.tf_threads,
                                      compression=args.compression, noisy=args.noisy, noisy_csv=args.noisy_csv,
                                      noisy_audio_dir=args.noisy_audio_dir, group_regex=args.group_regex,
+                                     group_column=args.group_column, group_csv=args.group_csv,
                                      inputs={"preset": args.preset, "feature_config": args.feature_config})
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None

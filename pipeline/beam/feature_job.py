@@ -16,7 +16,6 @@ Examples it wrote before. The manifest counts rows, examples and dead letters pe
 from __future__ import annotations
 
 import datetime
-import re
 import platform
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -27,7 +26,7 @@ from pipeline import config as config_lib
 from pipeline import fileio
 from pipeline.beam import transforms as bt
 from pipeline.data import job_output as output
-from pipeline.data import kaggle_layout, tfrecord
+from pipeline.data import groups, kaggle_layout, tfrecord
 
 # the packages whose versions a manifest records (what made these features)
 TRACKED_PACKAGES = ("fat-audio-pipeline", "tensorflow", "apache-beam", "tfx", "soundfile", "soxr", "numpy",
@@ -53,7 +52,7 @@ class JobSpec:
     expected_rows: int | None = None         # the CSVs' data lines: the total progress lines count towards
     noisy_csv: str | None = None             # train mode: the noisy source's CSV and audio folder (None: not read)
     noisy_audio_dir: str | None = None
-    group_regex: str = ""                    # train mode: split curated clips by group (transforms.group_of)
+    grouping: groups.Grouping = field(default_factory=groups.Grouping)   # train mode: split curated clips by group
 
     @property
     def sources(self) -> list[tuple[str, str, str]]:
@@ -82,8 +81,8 @@ def _static_manifest(spec: JobSpec) -> dict:
         "inputs": spec.inputs,
         "max_error_ratio": spec.max_error_ratio,
         "eval_ratio": spec.eval_ratio if spec.mode == "train" else None,
-        # how clips were split: by a hash of the file name, or of the group the regex finds in it
-        "split_by": ({"group_regex": spec.group_regex} if spec.group_regex else "file name")
+        # how clips were split: by a hash of the file name, or of the clip's group (pipeline/data/groups.py)
+        "split_by": (spec.grouping.describe() if spec.grouping else "file name")
         if spec.mode == "train" else None,
         "labels": {"file": output.LABELS, "count": len(spec.vocabulary)},
         "dead_letters": output.DEAD_LETTERS,
@@ -169,7 +168,7 @@ def build(p: beam.Pipeline, spec: JobSpec) -> beam.PCollection:
         audio_dirs, spec.cfg, spec.batch_size, spec.intra_op_threads, expected_rows=total)
     shards = feats["mels"] | "WriteExamples" >> bt.WriteExamples(
         spec.output_dir, spec.eval_ratio if spec.mode == "train" else None, spec.compression, spec.split_prefix,
-        tag_source=len(spec.sources) > 1, group_regex=spec.group_regex if spec.mode == "train" else "")
+        tag_source=len(spec.sources) > 1, grouping=spec.grouping if spec.mode == "train" else groups.Grouping())
     dead = ((rows[bt.DEAD], feats[bt.DEAD]) | "AllDead" >> beam.Flatten()
             | "WriteDeadLetters" >> bt.WriteDeadLetters(fileio.join(spec.output_dir, output.DEAD_LETTERS)))
     rows_by_source = ((rows["rows"] | "RowSource" >> beam.Map(lambda r: r.source),
@@ -184,23 +183,13 @@ def build(p: beam.Pipeline, spec: JobSpec) -> beam.PCollection:
                                           spec.vocabulary if spec.mode == "train" else [], spec.output_dir))
 
 
-def check_group_regex(group_regex: str) -> None:
-    """A group regex must compile and capture the group (its first group is the key)."""
-    try:
-        compiled = re.compile(group_regex)
-    except re.error as e:
-        raise ValueError(f"--group_regex {group_regex!r}: {e}") from None
-    if compiled.groups < 1:
-        raise ValueError(f"--group_regex {group_regex!r} has no group: its first (...) is the group key, "
-                         "e.g. '^[0-9]+-(.+)-[A-Z]+-[0-9]+\\.ogg$' for kitchen10's recording")
-
-
 def make_spec(*, output_dir: str, cfg: config_lib.FeatureConfig, data_dir: str | None = None, mode: str = "train",
               csv: str | None = None, audio_dir: str | None = None, labels: str | None = None,
               eval_ratio: float = 0.1, max_error_ratio: float = 0.05, batch_size: int = 8,
               intra_op_threads: int = 0, compression: str = "none", split_prefix: str = "",
               inputs: dict | None = None, noisy: bool | None = None, noisy_csv: str | None = None,
-              noisy_audio_dir: str | None = None, group_regex: str = "") -> JobSpec:
+              noisy_audio_dir: str | None = None, group_regex: str = "", group_column: str = "",
+              group_csv: str = "") -> JobSpec:
     """A checked JobSpec: paths default to the Kaggle layout under `data_dir`, the label vocabulary
     is read and the CSVs' headers checked here, in the driver, so a wrong file fails before any
     worker starts (bad rows later become dead letters). Raises ValueError saying what is wrong.
@@ -210,8 +199,10 @@ def make_spec(*, output_dir: str, cfg: config_lib.FeatureConfig, data_dir: str |
     and DATA/train_noisy; `noisy` None reads them when that CSV exists, True requires them, False
     never reads them.
 
-    `group_regex` (train mode): curated clips are split by the group its first group finds in the
-    file name, so takes of one recording never sit on both sides of train/eval."""
+    Groups (train mode, pipeline/data/groups.py): curated clips are split by their group, so takes of
+    one recording never sit on both sides of train/eval: `group_regex` (its first group in the file
+    name), or `group_column` of the training CSV, or of `group_csv` (a fname,group CSV; column
+    "group" unless `group_column` names another)."""
     def default(value, name, rel):
         if value:
             return value
@@ -227,10 +218,12 @@ def make_spec(*, output_dir: str, cfg: config_lib.FeatureConfig, data_dir: str |
         raise ValueError("--max_error_ratio must be in [0, 1]")
     if batch_size < 1:
         raise ValueError("--batch_size must be >= 1")
+    if group_regex and (group_column or group_csv):
+        raise ValueError("give one way to group clips: --group_regex, or --group_column/--group_csv")
     if group_regex:
-        check_group_regex(group_regex)
-        if mode == "test":
-            raise ValueError("--group_regex splits train/eval; a test-mode job has one split")
+        groups.check_regex(group_regex)
+    if (group_regex or group_column or group_csv) and mode == "test":
+        raise ValueError("groups split train/eval; a test-mode job has one split")
     if compression not in tfrecord.CHOICES:
         raise ValueError(f"compression must be one of {tfrecord.CHOICES}, got {compression!r}")
     compression = tfrecord.canonical(compression)
@@ -259,14 +252,31 @@ def make_spec(*, output_dir: str, cfg: config_lib.FeatureConfig, data_dir: str |
         except (ValueError, FileNotFoundError) as e:
             raise ValueError(f"{csv_flag} {csv_file}: {e}") from None
         data_lines += sum(1 for line in lines[1:] if line.strip())
+    grouping = _grouping(group_regex, group_column, group_csv, csv_path)
     noisy_inputs = {"noisy_csv": noisy_paths[0], "noisy_audio_dir": noisy_paths[1]} if noisy_paths else {}
     return JobSpec(csv_path=csv_path, audio_dir=audio_path, output_dir=output_dir, vocabulary=vocabulary, cfg=cfg,
                    mode=mode, eval_ratio=eval_ratio, max_error_ratio=max_error_ratio, batch_size=batch_size,
                    intra_op_threads=intra_op_threads, compression=compression, split_prefix=split_prefix,
                    expected_rows=data_lines, noisy_csv=noisy_paths and noisy_paths[0],
-                   noisy_audio_dir=noisy_paths and noisy_paths[1], group_regex=group_regex,
+                   noisy_audio_dir=noisy_paths and noisy_paths[1], grouping=grouping,
                    inputs={"csv": csv_path, "audio_dir": audio_path, "labels": labels_path, **noisy_inputs,
                            **({"data_dir": data_dir} if data_dir else {}), **(inputs or {})})
+
+
+def _grouping(regex: str, column: str, group_csv: str, csv_path: str) -> groups.Grouping:
+    """The job's Grouping; a group table is read here, in the driver (ValueError saying what is wrong)."""
+    if regex:
+        return groups.Grouping(regex=regex)
+    if not (column or group_csv):
+        return groups.Grouping()
+    column = column or groups.DEFAULT_COLUMN
+    source, flag = (group_csv, "--group_csv") if group_csv else (csv_path, "--csv")
+    try:
+        text = fileio.read_text(source)
+    except FileNotFoundError as e:
+        raise ValueError(f"{flag}: {e}") from None
+    table = groups.read_table(text, column, f"{flag} {source}", strict=bool(group_csv))
+    return groups.Grouping(column=column, csv=group_csv, table=table)
 
 
 def _noisy_paths(test: bool, data_dir: str | None, noisy: bool | None, csv: str | None,

@@ -15,7 +15,6 @@ import hashlib
 import logging
 import os
 import posixpath
-import re
 import stat
 import threading
 import time
@@ -34,7 +33,7 @@ from pipeline import fileio
 from pipeline.features import audio
 from pipeline.data import example_schema as examples
 from pipeline.data import job_output as output
-from pipeline.data import kaggle_layout
+from pipeline.data import groups, kaggle_layout
 from pipeline.data import tfrecord
 from pipeline import config as config_lib
 
@@ -48,14 +47,6 @@ def dead_letter(fname: str, line: int, stage: str, reason: str, detail: str,
     Metrics.counter(NAMESPACE, f"failed_{reason}").inc()
     return beam.pvalue.TaggedOutput(DEAD, {"fname": fname, "line": line, "stage": stage, "reason": reason,
                                            "detail": detail, "source": source})
-
-
-def group_of(fname: str, group_regex: str) -> str | None:
-    """The group a clip belongs to: the first group of `group_regex` matched at the start of its
-    file name (kitchen10's `^[0-9]+-(.+)-[A-Z]+-[0-9]+\\.ogg$`: the recording a take was cut
-    from); None when the name does not match (the clip is then a group of its own)."""
-    m = re.match(group_regex, fname)
-    return m.group(1) if m else None
 
 
 def _hash01(text: str) -> float:
@@ -436,16 +427,17 @@ class WriteExamples(beam.PTransform):
     Split folders are named `split_prefix + split`: plain for the command line, "Split-" for a
     TFX Examples artifact, whose readers look for Split-<name>/. `eval_ratio` None: one "test"
     split; else curated clips go to eval by split_of(fname) and clips of other sources to train.
-    `group_regex`: curated clips go by split_of(their group), so every clip of a group (takes cut
-    from one recording) lands in one split; a name the regex does not match is its own group.
+    `grouping` (pipeline/data/groups.py): curated clips go by split_of(their group key), so every
+    clip of a group (takes cut from one recording) lands in one split; a clip without a group is
+    its own.
     `tag_source`: write each Example's source (a job of more than one source; a one-source job's
     Examples stay exactly the seed's)."""
 
     def __init__(self, out_dir: str, eval_ratio: float | None, compression: str = "none", split_prefix: str = "",
-                 tag_source: bool = False, group_regex: str = ""):
+                 tag_source: bool = False, grouping: groups.Grouping | None = None):
         super().__init__()
         self._out_dir, self._eval_ratio, self._compression = out_dir, eval_ratio, compression
-        self._group_regex = group_regex
+        self._grouping = grouping or groups.Grouping()
         self._split_prefix, self._tag_source = split_prefix, tag_source
         self._tmp_dir = FileSystems.join(out_dir, "_tmp")
         self._run_id = uuid.uuid4().hex[:12]
@@ -458,9 +450,8 @@ class WriteExamples(beam.PTransform):
             split = "test"
         elif row.source != kaggle_layout.CURATED:
             split = "train"
-        elif self._group_regex:
-            group = group_of(row.fname, self._group_regex)
-            group = f"group {group}" if group is not None else f"clip {row.fname}"
+        elif self._grouping:
+            group = self._grouping.key(row.fname)
             split = split_of(group, self._eval_ratio)
         else:
             split = split_of(row.fname, self._eval_ratio)

@@ -1,6 +1,7 @@
 """The Kaggle FAT2019 layout: train_curated.csv (and train_noisy.csv) rows, the label vocabulary, safe file names.
 
     DATA/train_curated.csv       fname,labels        ("0006ae4e.wav","Bark" or "Walk_and_footsteps,Slam")
+                                 (more named columns may follow, e.g. a clip's group: pipeline/data/groups.py)
     DATA/train_curated/*.wav
     DATA/train_noisy.csv         the same columns: FAT2019's second, larger source, with unreliable labels
     DATA/train_noisy/*.wav       (optional: a layout without it has the curated source only)
@@ -103,14 +104,16 @@ def parse_rows(text: str, vocabulary: list[str] | None, source: str = CURATED) -
         raise ValueError(f"expected a CSV header starting with 'fname', got {header!r}")
     if vocabulary is not None and (len(header) < 2 or header[1].strip() != "labels"):
         raise ValueError(f"expected the header 'fname,labels', got {header!r}")
+    # named columns after fname,labels (a clip's group: pipeline/data/groups.py) are read elsewhere
+    width, columns = len(header), ",".join(h.strip() for h in header)
     good, bad, seen = [], [], {}
     for row in reader:
         line = reader.line_num
         if not row or all(not c.strip() for c in row):
             continue  # blank lines are not rows
         fname = row[0].strip()
-        if vocabulary is not None and len(row) != 2:
-            bad.append(BadRow(fname, line, "malformed_row", f"expected 2 columns (fname,labels), got {len(row)}",
+        if vocabulary is not None and len(row) != width:
+            bad.append(BadRow(fname, line, "malformed_row", f"expected {width} columns ({columns}), got {len(row)}",
                               source))
             continue
         why = unsafe_path_reason(fname)

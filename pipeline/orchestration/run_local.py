@@ -37,6 +37,7 @@ def arg_parser() -> argparse.ArgumentParser:
     from pipeline.beam import runners
     from pipeline.orchestration import metadata_connection
     from pipeline.orchestration import tfx_pipeline
+    from pipeline.data import groups
 
     ap = argparse.ArgumentParser(prog="fatp-pipeline", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -55,9 +56,7 @@ def arg_parser() -> argparse.ArgumentParser:
     ap.add_argument("--example_gen_config", help="an AudioExampleGenConfig text proto file "
                                                  "(proto/example_gen_config.proto); the flags below override it")
     ap.add_argument("--eval_ratio", type=float, help="share of clips in the eval split (default 0.1)")
-    ap.add_argument("--group_regex", help="split curated clips by group: the first (...) of this regex on the file "
-                                          "name (clips cut from one recording stay in one split), e.g. "
-                                          "'^[0-9]+-(.+)-[A-Z]+-[0-9]+\\.ogg$'; default: by file name")
+    groups.add_flags(ap)
     ap.add_argument("--max_error_ratio", type=float,
                     help="fail the ExampleGen (nothing downstream runs) above this share of dead letters (default 0.05)")
     noisy = ap.add_mutually_exclusive_group()
@@ -102,8 +101,9 @@ def _example_gen_config(args) -> config_lib.AudioExampleGenConfig:
         cfg.eval_ratio = args.eval_ratio
     if args.max_error_ratio is not None:
         cfg.max_error_ratio = args.max_error_ratio
-    if args.group_regex is not None:
-        cfg.group_regex = args.group_regex
+    for name in ("group_regex", "group_column", "group_csv"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
     if args.noisy is not None:
         cfg.noisy = config_lib.AudioExampleGenConfig.Noisy.Value(args.noisy)
     return cfg

@@ -80,7 +80,8 @@ def _test_components(data_dir, example_gen_config, trainer, evaluator, baseline)
     cfg = type(example_gen_config)()
     cfg.CopyFrom(example_gen_config)
     cfg.mode, cfg.csv, cfg.audio_dir = cfg.TEST, SAMPLE_SUBMISSION, TEST_AUDIO
-    cfg.ClearField("group_regex")            # one test split: nothing to split by group
+    for name in ("group_regex", "group_column", "group_csv"):
+        cfg.ClearField(name)                 # one test split: nothing to split by group
     test_gen = AudioExampleGen(data_dir=data_dir, config=cfg).with_id("TestExampleGen")
     inferrer = BulkInferrer(   # TFX's, at most the model's max_batch examples a call
         examples=test_gen.outputs["examples"], model=trainer.outputs["model"],

@@ -1,8 +1,11 @@
 """A split by group (issue 30 §2): clips cut from one recording, named as kitchen10's takes
-(FOLD-RECORDING-TAKE-TARGET), all land in one split with --group_regex; without it the split is
-today's file-name hash, the same Examples, and takes of one recording straddle the split."""
+(FOLD-RECORDING-TAKE-TARGET), all land in one split with --group_regex, or with the group given by a
+column of the training CSV (--group_column) or by a CSV of its own (--group_csv); without any the
+split is today's file-name hash, the same Examples, and takes of one recording straddle the split."""
 import csv
 import os
+import shutil
+from types import SimpleNamespace
 
 import pytest
 
@@ -86,3 +89,76 @@ def test_the_examples_artifact_says_how_the_clips_were_split(takes, tmp_path):
     assert text.startswith(f"by group (regex {REGEX}): groups ") and " in eval, " in text
     assert text.endswith("; 0 in more than one split; 2 clips matched no group (each its own)")
     assert split_by({"split_by": "file name"}) == "by file name"
+    splits = {"eval": {"groups": 2, "shared_groups": 0}, "train": {"groups": 5, "shared_groups": 0}}
+    assert split_by({"split_by": {"group_column": "group"}, "splits": splits}) == \
+        "by group (column group of the training CSV): groups 2 in eval, 5 in train; 0 in more than one split"
+    assert split_by({"split_by": {"group_column": "rec", "group_csv": "/d/g.csv"}, "splits": splits}).startswith(
+        "by group (column rec of /d/g.csv): groups 2 in eval")
+
+
+def _write_csv(path, rows):
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+
+
+def _labels_of(takes):
+    with open(takes.root / "train_curated.csv", newline="") as f:
+        return [row[1] for row in list(csv.reader(f))[1:]]
+
+
+def test_a_group_column_of_the_training_csv_splits_as_the_regex_does(takes, tmp_path):
+    """The recording written as a `group` column (the two loose clips left empty: groups of their
+    own): every clip in the split the regex puts it in, the Examples byte for byte the same."""
+    data = tmp_path / "data"
+    shutil.copytree(takes.root, data)
+    rows = [[f, labels, _recording(f) if f[0].isdigit() else ""] for f, labels in zip(takes.fnames, _labels_of(takes))]
+    _write_csv(data / "train_curated.csv", [["fname", "labels", "group"], *rows])
+    by_column = finished(SimpleNamespace(root=data), tmp_path / "column", "--eval_ratio", "0.3", "--group_column", "group")
+    by_regex = finished(takes, tmp_path / "regex", "--eval_ratio", "0.3", "--group_regex", REGEX)
+    assert by_column.rc == 0 and by_column.manifest["status"] == output.STATUS_COMPLETE
+    assert by_column.manifest["split_by"] == {"group_column": "group"}
+    assert _split_of_each(by_column) == _split_of_each(by_regex)
+    assert by_fname(by_column.records) == by_fname(by_regex.records)
+    splits = by_column.manifest["splits"]
+    assert sum(s["groups"] for s in splits.values()) == 18 and sum(s["ungrouped"] for s in splits.values()) == 2
+    assert all(s["shared_groups"] == 0 for s in splits.values())
+
+
+def test_a_group_csv_of_its_own_groups_the_clips_it_lists(takes, tmp_path):
+    """A fname,recording CSV (column named by --group_column) listing the first 45 takes: the three
+    takes it leaves out, and the loose clips, are groups of their own; the fingerprint-relevant path
+    is in the manifest."""
+    table = tmp_path / "groups.csv"
+    listed = [f for f in takes.fnames if f[0].isdigit()][:45]
+    _write_csv(table, [["fname", "recording"], *[["./" + f, _recording(f)] for f in listed]])
+    job = finished(takes, tmp_path / "out", "--eval_ratio", "0.3", "--group_csv", str(table),
+                   "--group_column", "recording")
+    assert job.rc == 0 and job.manifest["split_by"] == {"group_column": "recording", "group_csv": str(table)}
+    split = _split_of_each(job)
+    for fname, s in split.items():
+        key = f"group {_recording(fname)}" if fname in listed else f"clip {fname}"
+        assert s == bt.split_of(key, 0.3)
+    splits = job.manifest["splits"]
+    assert sum(s["ungrouped"] for s in splits.values()) == 5 and sum(s["groups"] for s in splits.values()) == 15 + 5
+
+
+@pytest.mark.parametrize("table, flags, said", [
+    ("fname,group\na.wav,1\n", ["--group_column", "take"], r"no column 'take' in its header \['fname', 'group'\]"),
+    ("name,group\na.wav,1\n", [], r"no column 'fname' in its header"),
+    ("fname,group\n1-1000-A-0.wav,1\nx.wav,2\n./1-1000-A-0.wav,3\n", [],
+     r"line 4: 1-1000-A-0.wav is given group '3', but line 2 gave it '1'"),
+    ("fname,group\na.wav,1,extra\n", [], r"line 2: expected 2 columns \(fname,group\), got 3"),
+    ("fname,group\n", ["--group_regex", REGEX], "give one way to group clips"),
+    ("fname,group\n", ["--group_column", "labels"], "names the labels column itself"),
+])
+def test_a_group_csv_that_cannot_be_used_is_refused_in_words(takes, tmp_path, table, flags, said):
+    path = tmp_path / "groups.csv"
+    path.write_text(table)
+    with pytest.raises(SystemExit, match=said):
+        finished(takes, tmp_path / "bad", "--group_csv", str(path), *flags)
+
+
+def test_a_group_column_the_training_csv_lacks_is_refused(takes, tmp_path):
+    with pytest.raises(SystemExit, match=r"--csv .*train_curated.csv: no column 'group' in its header "
+                                         r"\['fname', 'labels'\] \(--group_column names another\)"):
+        finished(takes, tmp_path / "bad", "--group_column", "group")

@@ -219,6 +219,21 @@ def test_the_fingerprint_covers_the_noisy_source_where_it_is_read(noisy_data, da
     assert inputs.fingerprint(_paths(curated_dir)) == inputs.fingerprint(inputs.resolve(str(curated_dir), off))
 
 
+def test_the_fingerprint_covers_a_group_csv_where_one_is_named(data):
+    """A changed group table changes the split, so it is a cache miss; without one the digest is as before."""
+    data_dir, _ = data
+    plain = inputs.fingerprint(_paths(data_dir))
+    grouped = config.AudioExampleGenConfig(group_csv="groups.csv")
+    with pytest.raises(ValueError, match="the group CSV .*groups.csv does not exist"):
+        inputs.fingerprint(inputs.resolve(str(data_dir), grouped))
+    (data_dir / "groups.csv").write_text("fname,group\ntr00000.wav,a\n")
+    first = inputs.fingerprint(inputs.resolve(str(data_dir), grouped))
+    assert first != plain and inputs.resolve(str(data_dir), grouped).group_csv == str(data_dir / "groups.csv")
+    (data_dir / "groups.csv").write_text("fname,group\ntr00000.wav,b\n")
+    assert inputs.fingerprint(inputs.resolve(str(data_dir), grouped)) not in (first, plain)
+    assert inputs.fingerprint(_paths(data_dir)) == plain
+
+
 def test_a_required_noisy_source_that_is_missing_stops_the_driver(data):
     data_dir, _ = data
     on = config.AudioExampleGenConfig(noisy=config.AudioExampleGenConfig.ON)

@@ -217,3 +217,15 @@ def test_a_clip_listed_by_two_sources_is_kept_in_the_first_and_reported_in_the_s
     assert across.detail == ("also listed by the curated source (train_curated.csv line 3), which keeps it: "
                              "one file name is one clip")
     assert len(good) + len(bad) == 2 + 4
+
+
+def test_named_columns_after_labels_are_allowed_and_a_row_must_fill_them():
+    """A training CSV may carry more named columns (a clip's group, pipeline/data/groups.py): rows
+    of the header's width parse as before; a row of another width is malformed, naming the columns."""
+    text = "fname,labels,group\na.wav,Bark,r1\nb.wav,\"Bark,Slam\",\nc.wav,Bark\n"
+    good, bad = kl.parse_rows(text, VOCAB)
+    assert [(r.fname, r.labels) for r in good] == [("a.wav", (0,)), ("b.wav", (0, 1))]
+    assert [(b.fname, b.reason, b.detail) for b in bad] == [
+        ("c.wav", "malformed_row", "expected 3 columns (fname,labels,group), got 2")]
+    _, bad = kl.parse_rows("fname,labels\na.wav,Bark,r1\n", VOCAB)
+    assert bad[0].detail == "expected 2 columns (fname,labels), got 3"
