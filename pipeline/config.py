@@ -154,6 +154,8 @@ def validate_trainer(cfg: TrainerConfig) -> None:
         problems.append("augment.freq_warp must be in [0, 0.5)")
     if not 0 <= cfg.augment.time_shift <= 0.5:
         problems.append("augment.time_shift must be in [0, 0.5]")
+    if not 0 <= cfg.augment.resized_crop_min < 1:
+        problems.append("augment.resized_crop_min must be in [0, 1)")
     if not cfg.noisy.loss_weight > 0:
         problems.append("noisy.loss_weight must be > 0 (to train on curated clips only, run the feature job "
                         "with --no_noisy)")

@@ -83,6 +83,23 @@ def time_shift(mel: tf.Tensor, max_share: float, seed: tf.Tensor) -> tf.Tensor:
     return tf.gather(mel, source, batch_dims=1)
 
 
+def resized_crop(mel: tf.Tensor, min_share: float, seed: tf.Tensor) -> tf.Tensor:
+    """Each example of [batch, frames, mels] cut to a random span of [min_share, 1] x frames at a
+    random start and stretched back to `frames`: output frame t reads the span at t x (span - 1) /
+    (frames - 1), interpolated linearly between the two nearest frames."""
+    batch, frames = tf.shape(mel)[0], tf.shape(mel)[1]
+    n = tf.cast(frames, tf.float32)
+    s = tf.random.experimental.stateless_split(seed, 2)
+    span = tf.random.stateless_uniform([batch], s[0], min_share, 1.0) * n              # frames in the crop
+    start = tf.random.stateless_uniform([batch], s[1]) * (n - span)
+    t = tf.range(n)[tf.newaxis, :] / tf.maximum(n - 1.0, 1.0)
+    pos = tf.minimum(start[:, tf.newaxis] + t * (span[:, tf.newaxis] - 1.0), n - 1.0)
+    lo = tf.cast(tf.floor(pos), tf.int32)
+    frac = (pos - tf.floor(pos))[:, :, tf.newaxis]
+    hi = tf.minimum(lo + 1, frames - 1)
+    return (1.0 - frac) * tf.gather(mel, lo, batch_dims=1) + frac * tf.gather(mel, hi, batch_dims=1)
+
+
 def spec_augment(mel: tf.Tensor, cfg: AugmentConfig, seed: tf.Tensor) -> tf.Tensor:
     """Zero random time and frequency stripes of each example ([batch, frames, mels])."""
     batch, frames, mels = tf.shape(mel)[0], tf.shape(mel)[1], tf.shape(mel)[2]
@@ -191,7 +208,8 @@ def make_dataset(files: list[str], mel_shape: tuple[int, int], num_classes: int,
     ds = ds.map(lambda s: _parse_batch(s, mel_shape, num_classes, noisy), num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=ordered)
     if training and augment is not None and (augment.time_masks or augment.freq_masks or augment.mixup_alpha
-                                             or augment.freq_warp or augment.time_shift):
+                                             or augment.freq_warp or augment.time_shift
+                                             or augment.resized_crop_min):
         ds = _augmented(ds, augment, seed, feature_cfg, ordered)
     return ds.prefetch(tf.data.AUTOTUNE)
 
@@ -221,6 +239,8 @@ def _augmented(ds: tf.data.Dataset, cfg: AugmentConfig, seed: int, feature_cfg: 
         stream = lambda k: tf.random.experimental.stateless_fold_in(step_seed, k)  # noqa: E731
         if cfg.time_shift:
             mel = time_shift(mel, cfg.time_shift, stream(3))
+        if cfg.resized_crop_min:
+            mel = resized_crop(mel, cfg.resized_crop_min, stream(4))
         if warps is not None:
             mel = freq_warp(mel, warps, stream(0))
         if cfg.time_masks or cfg.freq_masks:

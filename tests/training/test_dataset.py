@@ -341,6 +341,41 @@ def test_trainer_config_refuses_a_time_shift_outside_0_to_half(value):
         config.trainer_config("default", f"augment {{ time_shift: {value} }}")
 
 
+# ------------------------------------------------------------------------------ resized_crop
+
+def test_resized_crop_stretches_a_random_span_of_each_example_to_the_full_length():
+    """On frames whose value is their index, each output is a straight line: it starts at the crop's
+    start, rises by span/frames per frame (a span of [min_share, 1] x frames, wholly inside the
+    clip), the mel bands untouched; crops differ between examples and repeat for a seed; the
+    spans' lengths cover the range."""
+    frames, share = 100, 0.6
+    ramp = np.broadcast_to(np.arange(frames, dtype=np.float32)[None, :, None], (64, frames, 3))
+    seed = tf.constant([3, 1], tf.int64)
+    out = dataset.resized_crop(tf.constant(ramp), share, seed).numpy()
+    np.testing.assert_array_equal(out, dataset.resized_crop(tf.constant(ramp), share, seed).numpy())
+    assert not np.array_equal(out, dataset.resized_crop(tf.constant(ramp), share, tf.constant([3, 2], tf.int64)).numpy())
+    np.testing.assert_allclose(out, out[:, :, :1].repeat(3, axis=2))      # every band cropped alike
+    first, step = out[:, 0, 0], np.diff(out[:, :, 0], axis=1)
+    np.testing.assert_allclose(step, step[:, :1].repeat(frames - 1, axis=1), atol=1e-4)   # linear
+    spans = step[:, 0] * (frames - 1) + 1                                   # frames the crop covered
+    assert (first >= 0).all() and (first + spans - 1 <= frames - 1 + 1e-3).all()
+    assert (spans >= share * frames - 1e-3).all() and (spans <= frames + 1e-3).all()
+    assert spans.min() < 0.7 * frames and spans.max() > 0.9 * frames and len(set(np.round(first))) > 10
+
+
+def test_resized_crop_applies_to_training_batches_only_and_is_refused_outside_0_to_1(train_examples):
+    files, _ = files_of(train_examples, "train")
+    aug = config.trainer_config("default", "augment { mixup_alpha: 0 resized_crop_min: 0.5 }").augment
+    plain = {key(m): m for m, _ in dataset.make_dataset(files, SHAPE, C, 8, training=False) for m in m.numpy()}
+    cropped = [m for m, _ in dataset.make_dataset(files, SHAPE, C, 8, training=True, augment=aug) for m in m.numpy()]
+    assert len(cropped) == len(plain) and sum(key(m) in plain for m in cropped) <= len(cropped) // 4
+    eval_batches = dataset.make_dataset(files, SHAPE, C, 8, training=False, augment=aug)
+    assert all(key(m) in plain for mel, _ in eval_batches for m in mel.numpy())
+    for value in (-0.1, 1.0):
+        with pytest.raises(ValueError, match=r"augment.resized_crop_min must be in \[0, 1\)"):
+            config.trainer_config("default", f"augment {{ resized_crop_min: {value} }}")
+
+
 # ------------------------------------------------------------------------------ mixup
 
 def test_mixup_is_a_convex_combination_with_a_permutation():
