@@ -446,6 +446,13 @@ def summarize(runs: list[dict], recipes: list[str], seeds: list[int], folds: lis
         table[recipe] = {"seeds": per_seed,
                          "heldout_mean_over_seeds": float(np.mean(means)) if means else None,
                          "heldout_mean_spread": float(max(means) - min(means)) if len(means) > 1 else None}
+        checked = [r for r in runs if r["recipe"] == recipe and "eval_interval" in r and r["fold"] in held]
+        if checked:      # issue 30 §2: the eval split's interval against the held-out single clips
+            table[recipe]["eval_vs_heldout"] = {
+                "runs": len(checked), "heldout_inside": sum(r["heldout_in_eval_interval"] for r in checked),
+                "mean_eval": float(np.mean([r["eval_lwlrap_export"] for r in checked])),
+                "mean_heldout_single": float(np.mean([r.get("test_lwlrap_single", r["test_lwlrap"]) for r in checked])),
+                "mean_interval_width": float(np.mean([np.diff(r["eval_interval"])[0] for r in checked]))}
     return table
 
 
@@ -462,6 +469,11 @@ def print_table(table: dict, folds: list[str]) -> None:
         if t["heldout_mean_spread"] is not None:
             print(f"{'':22s} held-out mean over seeds {t['heldout_mean_over_seeds']:.4f}, "
                   f"spread {t['heldout_mean_spread']:.4f}")
+        if "eval_vs_heldout" in t:
+            e = t["eval_vs_heldout"]
+            print(f"{'':22s} eval split {e['mean_eval']:.4f} (95% interval {e['mean_interval_width']:.3f} wide) vs "
+                  f"held-out single clips {e['mean_heldout_single']:.4f}: inside the interval in "
+                  f"{e['heldout_inside']} of {e['runs']} runs")
 
 
 def main() -> None:
