@@ -174,6 +174,21 @@ def test_executor_writes_an_examples_artifact_that_tfx_readers_accept(data, tmp_
 
 
 @pytest.mark.slow
+def test_executor_splits_by_the_group_csv_its_config_names(data, tmp_path):
+    """group_csv relative to the data folder, with its own column name: the job reads it (every
+    listed clip's group in one split) and the artifact's manifest says so."""
+    data_dir, expected = data
+    fnames = sorted(row[0] for row in expected["train"])
+    (data_dir / "groups.csv").write_text("fname,take\n" + "".join(f"{f},g{i % 3}\n" for i, f in enumerate(fnames)))
+    _run_executor(data_dir, tmp_path / "examples", eval_ratio=0.3, max_error_ratio=0.5, group_csv="groups.csv",
+                  group_column="take")
+    manifest = json.loads((tmp_path / "examples" / "manifest.json").read_text())
+    assert manifest["split_by"] == {"group_column": "take", "group_csv": str(data_dir / "groups.csv")}
+    assert sum(s["groups"] for s in manifest["splits"].values()) == 3
+    assert all(s["shared_groups"] == 0 and s["ungrouped"] == 0 for s in manifest["splits"].values())
+
+
+@pytest.mark.slow
 def test_executor_fails_above_max_error_ratio_and_keeps_the_report(data, tmp_path):
     data_dir, expected = data
     with pytest.raises(executor.ExampleGenError, match=r"rows failed \(error ratio 0\.429 > --max_error_ratio 0\.05\)"):
