@@ -165,12 +165,13 @@ def kitchen_folds() -> dict[str, list[tuple[str, str]]]:
 
     with open(os.path.join(KITCHEN10, "train_curated.csv"), newline="") as f:
         rows = [(r["fname"], r["labels"]) for r in csv.DictReader(f)]
-    recordings = sorted({re.match(RECORDING_REGEX, fname).group(1) for fname, _ in rows})
+    recording = {fname: re.match(RECORDING_REGEX, fname).group(1) for fname, _ in rows}
+    recordings = sorted(set(recording.values()))
     random.Random(7).shuffle(recordings)
     fold_of = {rec: KITCHEN_FOLDS[i % len(KITCHEN_FOLDS)] for i, rec in enumerate(recordings)}
     out = {fold: [] for fold in KITCHEN_FOLDS}
     for fname, labels in rows:
-        out[fold_of[re.match(RECORDING_REGEX, fname).group(1)]].append((fname, labels))
+        out[fold_of[recording[fname]]].append((fname, labels))
     return out
 
 

@@ -240,19 +240,21 @@ def make_spec(*, output_dir: str, cfg: config_lib.FeatureConfig, data_dir: str |
     checked = [("--csv", csv_path, "--audio_dir", audio_path)]
     if noisy_paths:
         checked.append(("--noisy_csv", noisy_paths[0], "--noisy_audio_dir", noisy_paths[1]))
-    data_lines = 0
+    data_lines, curated_text = 0, ""
     for csv_flag, csv_file, audio_flag, audio_folder in checked:
         for what, path in ((csv_flag, csv_file), (audio_flag, audio_folder)):
             if not FileSystems.exists(path):
                 hint = " (the noisy source: --no_noisy leaves it out)" if what.startswith("--noisy") else ""
                 raise ValueError(f"{what} {path} does not exist{hint}")
         try:
-            lines = fileio.read_text(csv_file).splitlines()
+            text = fileio.read_text(csv_file)
+            curated_text = curated_text or text          # the first source's: a group column is read from it
+            lines = text.splitlines()
             kaggle_layout.parse_rows("\n".join(lines[:1]), None if test else vocabulary)
         except (ValueError, FileNotFoundError) as e:
             raise ValueError(f"{csv_flag} {csv_file}: {e}") from None
         data_lines += sum(1 for line in lines[1:] if line.strip())
-    grouping = _grouping(group_regex, group_column, group_csv, csv_path)
+    grouping = _grouping(group_regex, group_column, group_csv, csv_path, curated_text)
     noisy_inputs = {"noisy_csv": noisy_paths[0], "noisy_audio_dir": noisy_paths[1]} if noisy_paths else {}
     return JobSpec(csv_path=csv_path, audio_dir=audio_path, output_dir=output_dir, vocabulary=vocabulary, cfg=cfg,
                    mode=mode, eval_ratio=eval_ratio, max_error_ratio=max_error_ratio, batch_size=batch_size,
@@ -263,19 +265,21 @@ def make_spec(*, output_dir: str, cfg: config_lib.FeatureConfig, data_dir: str |
                            **({"data_dir": data_dir} if data_dir else {}), **(inputs or {})})
 
 
-def _grouping(regex: str, column: str, group_csv: str, csv_path: str) -> groups.Grouping:
-    """The job's Grouping; a group table is read here, in the driver (ValueError saying what is wrong)."""
+def _grouping(regex: str, column: str, group_csv: str, csv_path: str, csv_text: str) -> groups.Grouping:
+    """The job's Grouping; a group table is read here, in the driver, from `group_csv` or from the
+    training CSV's `csv_text` already read (ValueError saying what is wrong)."""
     if regex:
         return groups.Grouping(regex=regex)
     if not (column or group_csv):
         return groups.Grouping()
     column = column or groups.DEFAULT_COLUMN
-    source, flag = (group_csv, "--group_csv") if group_csv else (csv_path, "--csv")
+    if not group_csv:
+        return groups.Grouping(column=column, table=groups.read_table(csv_text, column, f"--csv {csv_path}", strict=False))
     try:
-        text = fileio.read_text(source)
+        text = fileio.read_text(group_csv)
     except FileNotFoundError as e:
-        raise ValueError(f"{flag}: {e}") from None
-    table = groups.read_table(text, column, f"{flag} {source}", strict=bool(group_csv))
+        raise ValueError(f"--group_csv: {e}") from None
+    table = groups.read_table(text, column, f"--group_csv {group_csv}", strict=True)
     return groups.Grouping(column=column, csv=group_csv, table=table)
 
 

@@ -473,8 +473,7 @@ def _newest_with_page(store, reports: str, run_id: str) -> str:
     """Of the runs in the store with a page in this `reports` folder (and `run_id` itself), the
     newest by MLMD's creation order. Per folder, not per store: users who share one store but
     each have their own pipeline root each keep their own newest run in latest.html."""
-    runs = sorted(store.get_contexts_by_type("pipeline_run"), key=lambda c: (c.create_time_since_epoch, c.id))
-    for run in reversed(runs):
+    for run in run_report.runs_newest_first(store):
         if run.name == run_id or FileSystems.exists(fileio.join(reports, _page_name(run.name))):
             return run.name
     return run_id

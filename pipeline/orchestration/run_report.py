@@ -65,10 +65,15 @@ def _artifacts_by_key(store, execution_id: int, kinds) -> dict:
     return out
 
 
+def runs_newest_first(store) -> list:
+    """The store's pipeline_run contexts, newest first (MLMD's creation order, ties by id)."""
+    return sorted(store.get_contexts_by_type("pipeline_run"), key=lambda c: (c.create_time_since_epoch, c.id),
+                  reverse=True)
+
+
 def latest_run_id(store, pipeline_name: str) -> str | None:
     """The newest pipeline_run context that holds executions of `pipeline_name`'s nodes."""
-    runs = sorted(store.get_contexts_by_type("pipeline_run"), key=lambda c: (c.create_time_since_epoch, c.id))
-    for run in reversed(runs):
+    for run in runs_newest_first(store):
         for ex in store.get_executions_by_context(run.id):
             nodes = [c.name for c in store.get_contexts_by_execution(ex.id) if c.type == "node"]
             if any(n.startswith(pipeline_name + ".") for n in nodes):
