@@ -148,6 +148,8 @@ def validate_trainer(cfg: TrainerConfig) -> None:
         problems.append("optimizer.ema_momentum must be in [0, 1)")
     if cfg.batch_size <= 0 or cfg.epochs <= 0:
         problems.append("batch_size and epochs must be > 0")
+    if cfg.ensemble_size < 1:
+        problems.append("ensemble_size must be >= 1 (1: one model)")
     if cfg.augment.mixup_alpha < 0:
         problems.append("augment.mixup_alpha must be >= 0")
     if not 0 <= cfg.augment.freq_warp < 0.5:

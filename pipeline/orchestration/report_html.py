@@ -418,7 +418,10 @@ def render(f: dict) -> str:
         parts.append("<h2>Training</h2>")
         val = t["history"].get("val_lwlrap") or []
         best = (max(range(len(val)), key=val.__getitem__) + 1) if val else None
-        parts.append(f"<p>{_e(r.get('epochs_run'))} epochs in {_fmt(r.get('train_seconds'), 0)} s"
+        members = r.get("members") or []
+        ensemble = (f"An ensemble of {len(members)} models (seeds {', '.join(_e(m.get('seed')) for m in members)}; "
+                    f"the chart and the best epoch are the first one's): " if members else "")
+        parts.append(f"<p>{ensemble}{_e(r.get('epochs_run'))} epochs in {_fmt(r.get('train_seconds'), 0)} s"
                      + (f"; best eval lwlrap {max(val):.4f} at epoch {best}" if val else "")
                      + (f"; eval lwlrap of the kept model {_fmt(r.get('eval_lwlrap'))}" if r.get("eval_lwlrap") is not None else "")
                      + "</p>")

@@ -28,7 +28,8 @@ class BandMeanNorm(keras.layers.Layer):
         return x - keras.ops.mean(x, axis=1, keepdims=True)
 
 
-def build_model(mel_shape: tuple[int, int], num_classes: int, cfg: TrainerConfig) -> keras.Model:
+def build_model(mel_shape: tuple[int, int], num_classes: int, cfg: TrainerConfig,
+                name: str = "bilstm_attention") -> keras.Model:
     frames, n_mels = mel_shape
     m = cfg.model
     inputs = keras.Input(shape=(frames, n_mels), name="mel")
@@ -41,7 +42,15 @@ def build_model(mel_shape: tuple[int, int], num_classes: int, cfg: TrainerConfig
     x = keras.layers.ELU(name="elu")(x)
     x = keras.layers.Dropout(m.dropout, name="dropout_2")(x)
     logits = keras.layers.Dense(num_classes, name="logits")(x)
-    return keras.Model(inputs, logits, name="bilstm_attention")
+    return keras.Model(inputs, logits, name=name)
+
+
+def ensemble(members: list[keras.Model], mel_shape: tuple[int, int]) -> keras.Model:
+    """One model over TrainerConfig.ensemble_size trained members (distinct names): the mean of
+    their logits, so `probabilities()`, the export and serving treat it as one model."""
+    inputs = keras.Input(shape=tuple(mel_shape), name="mel")
+    logits = keras.layers.Average(name="mean_logits")([m(inputs) for m in members])
+    return keras.Model(inputs, logits, name="ensemble")
 
 
 def conv_stem(x, blocks: int, channels: int):
@@ -118,7 +127,9 @@ def cudnn_compatible(model: keras.Model) -> list[str]:
 
 def _lstm_layers(model: keras.Model):
     for layer in model.layers:
-        if isinstance(layer, keras.layers.Bidirectional):
+        if isinstance(layer, keras.Model):      # an ensemble's members
+            yield from _lstm_layers(layer)
+        elif isinstance(layer, keras.layers.Bidirectional):
             yield layer.forward_layer
             yield layer.backward_layer
         elif isinstance(layer, keras.layers.LSTM):

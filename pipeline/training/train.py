@@ -3,15 +3,19 @@
     TrainJob (files, shapes, configs, directories)
       -> strategy (MirroredStrategy; MultiWorkerMirroredStrategy when TF_CONFIG names >1 worker)
       -> tf.data input (pipeline.training.dataset) -> model.fit with validation lwlrap, EarlyStopping on it
-         (best weights restored), BackupAndRestore, TensorBoard, CSV history
+         (best weights restored) if asked, BackupAndRestore, TensorBoard, CSV history
+         (ensemble_size > 1: that many models fit one after another, then one model of their mean logits)
       -> eval-split predictions -> per-class lwlrap CSV + bar chart, curves, a mel picture
       -> versioned SavedModel (pipeline.training.export) -> results.json
 
-WORK_DIR/backup (resume state), logs/ (TensorBoard), history.csv, plots/, results.json.
+WORK_DIR/backup (resume state), logs/ (TensorBoard), history.csv, plots/, results.json; an
+ensemble's members keep their backup (WORK_DIR/backup/member-<i>), logs, history.csv and curves in
+WORK_DIR/member-<i>/, and results.json lists them under "members".
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -263,45 +267,48 @@ def train(job: TrainJob) -> dict:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _train(job: TrainJob, scratch: str | None) -> dict:
-    import keras
-    import tensorflow as tf
+def member_job(job: TrainJob, i: int) -> TrainJob:
+    """Member `i` of an ensemble (TrainerConfig.ensemble_size > 1): seed + i, its own logs in
+    WORK_DIR/member-<i>/ and its own backup, kept until the ensemble is exported, so a restart
+    trains no finished member again."""
+    cfg = config_lib.TrainerConfig()
+    cfg.CopyFrom(job.cfg)
+    cfg.seed = job.cfg.seed + i
+    name = f"member-{i}"
+    return dataclasses.replace(job, cfg=cfg, work_dir=os.path.join(job.work_dir, name),
+                               backup_dir=fileio.join(job.backup_dir or os.path.join(job.work_dir, "backup"), name))
 
-    from pipeline.training import export
+
+@dataclass
+class _Fit:
+    seed: int
+    model: object
+    backup: object
+    history: dict
+    seconds: float
+
+
+def _fit(job: TrainJob, scratch: str | None, strategy, eval_ds, name: str) -> _Fit:
+    """One model trained as job.cfg says (from its backup, if one is there)."""
+    import keras
+
     from pipeline.training import model as model_lib
-    from pipeline.training import resume
     from pipeline.training import warmup
     from pipeline.metrics.lwlrap_keras import LwlrapMetric
 
     cfg = job.cfg
     keras.utils.set_random_seed(cfg.seed)
     os.makedirs(job.work_dir, exist_ok=True)
-    strategy = strategy_from_env()
     replicas = strategy.num_replicas_in_sync
     global_batch = cfg.batch_size * replicas
     num_classes = len(job.labels)
-    log.info("%d replica(s) under %s, global batch %d; %d train / %d eval files; input %s, %d labels",
-             replicas, type(strategy).__name__, global_batch, len(job.train_files), len(job.eval_files),
-             "x".join(map(str, job.mel_shape)), num_classes)
-    multi_worker = _num_workers() > 1   # the same count that chose the strategy (a chief is a worker too)
     noisy = _noisy_input(job, global_batch)
     phase = warmup.NoisyPhase(noisy.warmup_epochs) if noisy is not None and noisy.warmup_epochs else None
-    make = lambda files, training, n: dataset.make_dataset(  # noqa: E731
-        files, job.mel_shape, num_classes, global_batch, training=training, augment=cfg.augment,
-        shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed, num_examples=None if multi_worker else n,
-        feature_cfg=job.feature_cfg, deterministic=cfg.deterministic_input, noisy=noisy,
-        curated_examples=job.curated_clips, noisy_on=phase.on if phase else None)
-    train_ds = make(job.train_files, True, job.train_examples)
-    eval_ds = make(job.eval_files, False, job.eval_examples)
-    if multi_worker:
-        opts = tf.data.Options()
-        opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-        train_ds, eval_ds = train_ds.with_options(opts), eval_ds.with_options(opts)
+    train_ds = _dataset(job, job.train_files, True, global_batch, noisy, phase)
     with strategy.scope():
-        model = model_lib.build_model(job.mel_shape, num_classes, cfg)
+        model = model_lib.build_model(job.mel_shape, num_classes, cfg, name=name)
         model.compile(optimizer=model_lib.optimizer(cfg, job.train_steps(global_batch)), loss=model_lib.loss_fn(cfg),
                       metrics=[LwlrapMetric(num_classes, name="lwlrap")])
-    chief = scratch is None
     callbacks, backup = _callbacks(job, scratch, replicas)
     callbacks += [phase] if phase else []
     t0 = time.time()
@@ -312,14 +319,81 @@ def _train(job: TrainJob, scratch: str | None) -> dict:
         history = model.fit(train_ds, validation_data=eval_ds, epochs=cfg.epochs, callbacks=callbacks,
                             shuffle=False, verbose=0)    # one line per epoch from EpochProgress
     seconds = time.time() - t0
-    results = {"replicas": replicas, "global_batch": global_batch, "epochs_run": len(history.history.get("loss", [])),
-               "resumed": backup.restored,
-               "early_stopping": backup.early_stopping.state() if backup.early_stopping else None,
-               "train_seconds": seconds, "history": history.history,
-               "trainer_config": config_lib.to_dict(cfg)}
-    if chief:
+    if scratch is None:
         plots.training_curves(full_history(job.work_dir, history.history),
                               os.path.join(plots.ensure_dir(os.path.join(job.work_dir, "plots")), "training_curves.png"))
+    return _Fit(cfg.seed, model, backup, history.history, seconds)
+
+
+def _dataset(job: TrainJob, files: list[str], training: bool, global_batch: int, noisy=None, phase=None):
+    import tensorflow as tf
+
+    cfg = job.cfg
+    multi_worker = _num_workers() > 1   # the same count that chose the strategy (a chief is a worker too)
+    ds = dataset.make_dataset(
+        files, job.mel_shape, len(job.labels), global_batch, training=training, augment=cfg.augment,
+        shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed,
+        num_examples=None if multi_worker else (job.train_examples if training else job.eval_examples),
+        feature_cfg=job.feature_cfg, deterministic=cfg.deterministic_input, noisy=noisy if training else None,
+        curated_examples=job.curated_clips, noisy_on=phase.on if phase else None)
+    if multi_worker:
+        opts = tf.data.Options()
+        opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        ds = ds.with_options(opts)
+    return ds
+
+
+def _member_summary(fit: _Fit) -> dict:
+    return {"seed": fit.seed,
+            "epochs_run": len(fit.history.get("loss", [])), "train_seconds": fit.seconds,
+            "resumed": fit.backup.restored,
+            "early_stopping": fit.backup.early_stopping.state() if fit.backup.early_stopping else None}
+
+
+def _train(job: TrainJob, scratch: str | None) -> dict:
+    import tensorflow as tf
+
+    from pipeline.training import export
+    from pipeline.training import model as model_lib
+    from pipeline.training import resume
+
+    cfg = job.cfg
+    os.makedirs(job.work_dir, exist_ok=True)
+    strategy = strategy_from_env()
+    replicas = strategy.num_replicas_in_sync
+    global_batch = cfg.batch_size * replicas
+    log.info("%d replica(s) under %s, global batch %d; %d train / %d eval files; input %s, %d labels",
+             replicas, type(strategy).__name__, global_batch, len(job.train_files), len(job.eval_files),
+             "x".join(map(str, job.mel_shape)), len(job.labels))
+    eval_ds = _dataset(job, job.eval_files, False, global_batch)
+    chief = scratch is None
+    n = cfg.ensemble_size
+    if n == 1:
+        fits = [_fit(job, scratch, strategy, eval_ds, "bilstm_attention")]
+        model = fits[0].model
+    else:
+        fits = []
+        for i in range(n):
+            member = member_job(job, i)
+            log.info("ensemble member %d of %d (seed %d): logs in %s", i + 1, n, member.cfg.seed, member.work_dir)
+            fits.append(_fit(member, scratch, strategy, eval_ds, f"member_{i}"))
+        with strategy.scope():
+            model = model_lib.ensemble([f.model for f in fits], job.mel_shape)
+    first = _member_summary(fits[0])
+    results = {"replicas": replicas, "global_batch": global_batch,
+               "epochs_run": sum(len(f.history.get("loss", [])) for f in fits),
+               "resumed": first["resumed"], "early_stopping": first["early_stopping"],
+               "train_seconds": sum(f.seconds for f in fits), "history": fits[0].history,
+               "trainer_config": config_lib.to_dict(cfg)}
+    if n > 1:
+        results.update(members=[_member_summary(f) for f in fits],
+                       resumed={f"member-{i}": f.backup.restored for i, f in enumerate(fits) if f.backup.restored} or None,
+                       early_stopping=None)
+    if chief:
+        if n > 1:    # the members' own curves are in their folders; the top one shows the first's
+            plots.training_curves(full_history(member_job(job, 0).work_dir, fits[0].history),
+                                  os.path.join(plots.ensure_dir(os.path.join(job.work_dir, "plots")),
+                                               "training_curves.png"))
         results.update(_evaluate(model, job, eval_ds))
     if job.export_base:  # every worker saves (collectives); non-chiefs into their scratch folder
         base = job.export_base if chief else os.path.join(scratch, "export")
@@ -331,8 +405,12 @@ def _train(job: TrainJob, scratch: str | None) -> dict:
         with open(os.path.join(job.work_dir, "results.json"), "w") as f:
             json.dump(results, f, indent=1, default=float)
         log.info("eval lwlrap %.4f after %d epochs (%.0f s)%s", results["eval_lwlrap"], results["epochs_run"],
-                 seconds, f"; exported {results['export_path']}" if job.export_base else "")
-    backup.delete()       # only now: a crash before this point resumes from the backup, export included
+                 results["train_seconds"], f"; exported {results['export_path']}" if job.export_base else "")
+    for fit in fits:      # only now: a crash before this point resumes from the backups, export included
+        fit.backup.delete()
+    parent = job.backup_dir or os.path.join(job.work_dir, "backup")
+    if n > 1 and chief and tf.io.gfile.isdir(parent) and not tf.io.gfile.listdir(parent):
+        tf.io.gfile.rmtree(parent)     # the members' folder, now empty
     return results
 
 

@@ -99,3 +99,15 @@ def test_the_data_section_says_how_clips_were_split_and_warns_when_a_group_spans
     assert "Warning" not in page
     facts["data"]["groups_spanning"] = 1
     assert "Warning: groups have clips in more than one split" in report_html.render(facts)
+
+
+def test_the_training_section_says_when_the_model_is_an_ensemble_and_whose_curves_it_shows():
+    history = {"loss": [0.7, 0.5], "val_lwlrap": [0.5, 0.6]}
+    one = {"epochs_run": 2, "train_seconds": 10.0, "eval_lwlrap": 0.6}
+    three = dict(one, epochs_run=6, train_seconds=30.0, eval_lwlrap=0.65,
+                 members=[{"seed": s, "epochs_run": 2} for s in (5, 6, 7)])
+    page = lambda r: report_html.render({"pipeline": "p", "run": "r", "components": [], "problems": [],  # noqa: E731
+                                         "training": {"history": history, "results": r}})
+    assert ("<p>An ensemble of 3 models (seeds 5, 6, 7; the chart and the best epoch are the first one's): 6 epochs "
+            "in 30 s; best eval lwlrap 0.6000 at epoch 2; eval lwlrap of the kept model 0.6500</p>") in page(three)
+    assert "<p>2 epochs in 10 s; best eval lwlrap 0.6000 at epoch 2" in page(one) and "ensemble" not in page(one)
