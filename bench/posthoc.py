@@ -13,15 +13,17 @@ Per run, lwlrap (all clips; on kitchen10 also the single clips and the two-label
   labels used): constants a served model could carry;
 - `z_test`: the same over the test clips themselves (transductive: only a batch submission such
   as Kaggle's could do it; a server scoring one clip cannot).
-Per fold, `ensemble`: the mean of the logits of the recipe's runs of every seed, which is what an
-export with `ensemble_size` equal to the number of seeds serves (tests/training/test_ensemble.py:
-each member is the single run of its seed), against the mean of those runs alone.
+Per fold, `ensemble`: the mean of the logits of the recipe's runs of every seed (`--members K`: of
+K of them, averaged over every choice of K), which is what an export with `ensemble_size` K serves
+(tests/training/test_ensemble.py: each member is the single run of its seed), against the mean of
+those runs alone.
 Writes bench/out/posthoc.json.
 """
 from __future__ import annotations
 
 import argparse
 import glob
+import itertools
 import json
 import os
 
@@ -76,13 +78,19 @@ def score_run(run: str, work_dir: str) -> dict:
             **{k: lwlraps(truth, s) for k, s in cal.items()}}
 
 
-def ensembles(rows: list[dict]) -> list[dict]:
-    """Per fold: the ensemble of its runs (mean logits) against their mean."""
+def ensembles(rows: list[dict], members: int = 0) -> list[dict]:
+    """Per fold: ensembles (mean logits) of `members` of its runs (0: all), averaged over every such
+    choice of seeds, against the mean of its runs alone."""
     out = []
     for fold in sorted({r["fold"] for r in rows}):
         runs = [r for r in rows if r["fold"] == fold]
-        mean = 1 / (1 + np.exp(-np.mean([_logits(r["scores"]) for r in runs], axis=0)))
-        out.append({"fold": fold, "members": len(runs), "ensemble": lwlraps(runs[0]["truth"], mean),
+        k = members or len(runs)
+        scores = []
+        for chosen in itertools.combinations(runs, k):
+            mean = 1 / (1 + np.exp(-np.mean([_logits(r["scores"]) for r in chosen], axis=0)))
+            scores.append(lwlraps(runs[0]["truth"], mean))
+        out.append({"fold": fold, "members": k, "choices": len(scores),
+                    "ensemble": {p: float(np.mean([s[p] for s in scores])) for p in scores[0]},
                     "members_mean": {p: float(np.mean([r["raw"][p] for r in runs])) for p in runs[0]["raw"]}})
     return out
 
@@ -95,6 +103,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work_dir", required=True, help="a quality.py campaign's --work_dir")
     ap.add_argument("--recipes", default="base_noes")
+    ap.add_argument("--members", type=int, default=0,
+                    help="ensembles of this many seeds' runs, averaged over every choice of them (0: all seeds)")
     args = ap.parse_args()
     out = {}
     for recipe in args.recipes.split(","):
@@ -108,9 +118,9 @@ def main() -> None:
             mean = {p: float(np.mean([r[kind][p] for r in rows])) for p in rows[0][kind]}
             up = int((np.array([r[kind]["all"] for r in rows]) > raw + 1e-9).sum())
             print(f"{recipe:12s} {kind:12s} {_fmt(mean)}   above raw in {up} of {len(rows)} runs", flush=True)
-        ens = ensembles(rows)
+        ens = ensembles(rows, args.members)
         for e in ens:
-            print(f"{recipe:12s} ensemble of {e['members']} {e['fold']}: {_fmt(e['ensemble'])}   "
+            print(f"{recipe:12s} ensemble of {e['members']} ({e['choices']} choices) {e['fold']}: {_fmt(e['ensemble'])}   "
                   f"(its runs alone: {_fmt(e['members_mean'])})", flush=True)
         print(f"{recipe:12s} ensemble, mean of folds: "
               f"{np.mean([e['ensemble']['all'] for e in ens]):.4f} against {np.mean(raw):.4f} for single runs; "
