@@ -94,11 +94,13 @@ def _durations(statistics_uri: str) -> dict | None:
 
 
 def _history(model_run_uri: str) -> dict[str, list[float]]:
-    """Every epoch's figures (history.csv spans restarts; results.json holds the last attempt's)."""
-    from pipeline.training.train import full_history
+    """Every epoch's figures (history.csv spans restarts; results.json holds the last attempt's); an
+    ensemble's, its first member's."""
+    from pipeline.training.train import full_history, member_dir
 
     results = _read_json(fileio.join(model_run_uri, "results.json")) or {}
-    return full_history(model_run_uri, results.get("history", {}))
+    folder = member_dir(model_run_uri, 0) if results.get("members") else model_run_uri
+    return full_history(folder, results.get("history", {}))
 
 
 def _evaluations(store, pipeline_name: str) -> dict:

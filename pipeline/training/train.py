@@ -81,6 +81,10 @@ class TrainJob:
         return batches * n.warmup_epochs + -(-self.curated_clips // global_batch) * (self.cfg.epochs - n.warmup_epochs)
 
     @property
+    def backup_root(self) -> str:
+        return self.backup_dir or os.path.join(self.work_dir, "backup")
+
+    @property
     def labels(self) -> list[str]:
         return kaggle_layout.load_vocabulary(self.labels_path)
 
@@ -184,7 +188,7 @@ def _callbacks(job: TrainJob, scratch: str | None, replicas: int):
     from pipeline.training.progress import EpochProgress
 
     cfg = job.cfg
-    backup_dir = job.backup_dir or os.path.join(job.work_dir, "backup")
+    backup_dir = job.backup_root
     chief = scratch is None
     log_dir = job.work_dir if chief else scratch
     early = None
@@ -267,6 +271,11 @@ def train(job: TrainJob) -> dict:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
+def member_dir(work_dir: str, i: int) -> str:
+    """Where member `i` of an ensemble keeps its logs, history.csv and curves."""
+    return fileio.join(work_dir, f"member-{i}")
+
+
 def member_job(job: TrainJob, i: int) -> TrainJob:
     """Member `i` of an ensemble (TrainerConfig.ensemble_size > 1): seed + i, its own logs in
     WORK_DIR/member-<i>/ and its own backup, kept until the ensemble is exported, so a restart
@@ -274,9 +283,8 @@ def member_job(job: TrainJob, i: int) -> TrainJob:
     cfg = config_lib.TrainerConfig()
     cfg.CopyFrom(job.cfg)
     cfg.seed = job.cfg.seed + i
-    name = f"member-{i}"
-    return dataclasses.replace(job, cfg=cfg, work_dir=os.path.join(job.work_dir, name),
-                               backup_dir=fileio.join(job.backup_dir or os.path.join(job.work_dir, "backup"), name))
+    return dataclasses.replace(job, cfg=cfg, work_dir=member_dir(job.work_dir, i),
+                               backup_dir=member_dir(job.backup_root, i))
 
 
 @dataclass
@@ -379,21 +387,20 @@ def _train(job: TrainJob, scratch: str | None) -> dict:
             fits.append(_fit(member, scratch, strategy, eval_ds, f"member_{i}"))
         with strategy.scope():
             model = model_lib.ensemble([f.model for f in fits], job.mel_shape)
-    first = _member_summary(fits[0])
+    summaries = [_member_summary(f) for f in fits]
     results = {"replicas": replicas, "global_batch": global_batch,
-               "epochs_run": sum(len(f.history.get("loss", [])) for f in fits),
-               "resumed": first["resumed"], "early_stopping": first["early_stopping"],
-               "train_seconds": sum(f.seconds for f in fits), "history": fits[0].history,
+               "epochs_run": sum(m["epochs_run"] for m in summaries),
+               "train_seconds": sum(m["train_seconds"] for m in summaries), "history": fits[0].history,
                "trainer_config": config_lib.to_dict(cfg)}
-    if n > 1:
-        results.update(members=[_member_summary(f) for f in fits],
-                       resumed={f"member-{i}": f.backup.restored for i, f in enumerate(fits) if f.backup.restored} or None,
-                       early_stopping=None)
+    if n == 1:
+        results.update(resumed=summaries[0]["resumed"], early_stopping=summaries[0]["early_stopping"])
+    else:
+        results.update(members=summaries, early_stopping=None,
+                       resumed={f"member-{i}": m["resumed"] for i, m in enumerate(summaries) if m["resumed"]} or None)
     if chief:
         if n > 1:    # the members' own curves are in their folders; the top one shows the first's
-            plots.training_curves(full_history(member_job(job, 0).work_dir, fits[0].history),
-                                  os.path.join(plots.ensure_dir(os.path.join(job.work_dir, "plots")),
-                                               "training_curves.png"))
+            shutil.copyfile(os.path.join(member_dir(job.work_dir, 0), "plots", "training_curves.png"),
+                            os.path.join(plots.ensure_dir(os.path.join(job.work_dir, "plots")), "training_curves.png"))
         results.update(_evaluate(model, job, eval_ds))
     if job.export_base:  # every worker saves (collectives); non-chiefs into their scratch folder
         base = job.export_base if chief else os.path.join(scratch, "export")
@@ -408,9 +415,9 @@ def _train(job: TrainJob, scratch: str | None) -> dict:
                  results["train_seconds"], f"; exported {results['export_path']}" if job.export_base else "")
     for fit in fits:      # only now: a crash before this point resumes from the backups, export included
         fit.backup.delete()
-    parent = job.backup_dir or os.path.join(job.work_dir, "backup")
-    if n > 1 and chief and tf.io.gfile.isdir(parent) and not tf.io.gfile.listdir(parent):
-        tf.io.gfile.rmtree(parent)     # the members' folder, now empty
+    root = job.backup_root
+    if n > 1 and chief and tf.io.gfile.isdir(root) and not tf.io.gfile.listdir(root):
+        tf.io.gfile.rmtree(root)     # the members' folder, now empty
     return results
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from pipeline import config
 from pipeline.metrics.lwlrap import lwlrap
+from pipeline.orchestration import report_html
 from pipeline.training import model as model_lib
 from pipeline.training import train
 from tests.serving_loader import ServedModel
@@ -99,6 +100,8 @@ def test_a_restart_trains_no_finished_member_again(ensemble_run, train_examples,
     assert [m["epochs_run"] for m in res["members"]] == [0, 2, 2]
     assert res["members"][0]["resumed"]["epoch"] == 2 and set(res["resumed"]) == {"member-0"}
     assert res["weights_sha256"] == ensemble_run[1]["weights_sha256"]
+    # the report's training chart still has the first member's two epochs, trained before the restart
+    assert len(report_html._history(str(tmp_path / "work"))["val_lwlrap"]) == 2
     assert not (tmp_path / "work" / "backup").exists()
 
 
