@@ -48,16 +48,17 @@ TRAINER_PRESETS = {
     "default": "",
     # The Kaggle kernel: BiLSTM 256 on the mel frames (no conv stem), softmax, Adam(0.005,
     # beta_1=0.1, beta_2=0.001, amsgrad), batch 1024, up to 500 epochs, early stopping after 10
-    # epochs without improvement, no mixup.
+    # epochs without improvement, no mixup, one model.
     "seed": """
         model { lstm_units: 256 dense_units: 400 dropout: 0.2 head: SOFTMAX conv_blocks: 0 }
         optimizer { name: "adam" learning_rate: 0.005 beta_1: 0.1 beta_2: 0.001 amsgrad: true clipnorm: 0 }
         augment { mixup_alpha: 0 }
-        batch_size: 1024 epochs: 500 early_stopping_patience: 10
+        batch_size: 1024 epochs: 500 early_stopping_patience: 10 ensemble_size: 1
     """,
     "small": """
         model { lstm_units: 8 dense_units: 16 }
         batch_size: 8 epochs: 2 early_stopping_patience: 0 shuffle_buffer: 64 backup_every_steps: 0
+        ensemble_size: 1
     """,
 }
 

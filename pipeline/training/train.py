@@ -351,6 +351,14 @@ def _dataset(job: TrainJob, files: list[str], training: bool, global_batch: int,
     return ds
 
 
+def summary_line(results: dict) -> str:
+    """One line for the log and the pipeline's summary: an ensemble's epochs member by member."""
+    members = results.get("members") or []
+    epochs = " + ".join(str(m["epochs_run"]) for m in members) or str(results["epochs_run"])
+    who = f"{len(members)} members, " if members else ""
+    return f"eval lwlrap {results['eval_lwlrap']:.4f} after {epochs} epochs ({who}{results['train_seconds']:.0f} s)"
+
+
 def _member_summary(fit: _Fit) -> dict:
     return {"seed": fit.seed,
             "epochs_run": len(fit.history.get("loss", [])), "train_seconds": fit.seconds,
@@ -409,10 +417,10 @@ def _train(job: TrainJob, scratch: str | None) -> dict:
         results["export_path"] = path if chief else None
     results["weights_sha256"] = resume.weights_digest(model)   # equal on every worker (synchronous all-reduce)
     if chief:
+        results["summary"] = summary_line(results)
         with open(os.path.join(job.work_dir, "results.json"), "w") as f:
             json.dump(results, f, indent=1, default=float)
-        log.info("eval lwlrap %.4f after %d epochs (%.0f s)%s", results["eval_lwlrap"], results["epochs_run"],
-                 results["train_seconds"], f"; exported {results['export_path']}" if job.export_base else "")
+        log.info("%s%s", results["summary"], f"; exported {results['export_path']}" if job.export_base else "")
     for fit in fits:      # only now: a crash before this point resumes from the backups, export included
         fit.backup.delete()
     root = job.backup_root

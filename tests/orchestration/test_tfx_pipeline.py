@@ -143,6 +143,7 @@ def test_first_run_blesses_and_pushes_a_model_that_scores(root, first):
     # the report names the outcome, the figures and the pushed path
     assert "BLESSED" in out and f"pushed {version_dir}" in out and "baseline none (no blessed model yet)" in out
     assert "9 dead letters" in out and "unsafe_path 1" in out
+    assert re.search(r"Trainer +COMPLETE +eval lwlrap 0\.\d{4} after 2 epochs \(\d+ s\)", out), out
     # the pushed SavedModel scores the eval examples exactly as the Trainer's model does
     import tensorflow as tf
 
