@@ -1,7 +1,7 @@
 """Serving benchmark: the exported SavedModel loaded the way TF Serving loads it (TF1 Session,
 signatures by tensor name; tests/serving_loader.py), on the same real clips by each route.
 
-    .ci/inenv python bench/bench_serving.py [--requests 200] [--trainer_preset default]
+    .ci/inenv python bench/bench_serving.py [--requests 200] [--trainer_preset default] [--set 'ensemble_size: 1']
 
 Clips: FSDD recordings (../shared/data/fsdd) resampled to the model's 44.1 kHz (seed features:
 5 s windows, 636 x 128). Per signature: latency p50/p99 of single-clip requests (batch 1) and
@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=200, help="batch-1 requests per signature")
     ap.add_argument("--batches", type=int, default=6, help="batch-32 requests per signature")
     ap.add_argument("--trainer_preset", default="default")
+    ap.add_argument("--set", default="", help="TrainerConfig overrides, e.g. 'ensemble_size: 1'")
     ap.add_argument("--out", default=os.path.join(HERE, "out", "serving.json"))
     args = ap.parse_args()
 
@@ -53,7 +54,7 @@ def main() -> None:
     files = sorted(glob.glob(os.path.join(SHARED, "data", "fsdd", "recordings", "*.wav")))
     if not files:
         sys.exit(f"needs {SHARED}/data/fsdd/recordings (FSDD)")
-    fcfg, tcfg = config.feature_config("seed"), config.trainer_config(args.trainer_preset)
+    fcfg, tcfg = config.feature_config("seed"), config.trainer_config(args.trainer_preset, args.set)
     rng = np.random.default_rng(0)
     clips, wavs = [], []
     for f in rng.choice(files, 64, replace=False):
@@ -63,7 +64,9 @@ def main() -> None:
             wavs.append(fh.read())            # the file as it is (8 kHz): serving_audio resamples in the graph
     wavs = np.array(wavs, dtype=object)
     keras.utils.set_random_seed(0)
-    model = model_lib.build_model(config.mel_shape(fcfg), 80, tcfg)
+    members = [model_lib.build_model(config.mel_shape(fcfg), 80, tcfg, name=f"member_{i}")
+               for i in range(tcfg.ensemble_size)]      # the default exports an ensemble: N models a request
+    model = members[0] if len(members) == 1 else model_lib.ensemble(members, config.mel_shape(fcfg))
     tmp = tempfile.mkdtemp(prefix="fatp-bench-serving-")
     labels = os.path.join(tmp, "labels.txt")
     with open(labels, "w") as f:
@@ -101,7 +104,8 @@ def main() -> None:
             t = time.perf_counter()
             served.run(sig, **req)
             thr[sig].append(time.perf_counter() - t)
-    result = {"trainer_preset": args.trainer_preset, "requests": args.requests, "batches": args.batches}
+    result = {"trainer_preset": args.trainer_preset, "set": args.set, "ensemble_size": tcfg.ensemble_size, "requests": args.requests,
+              "batches": args.batches}
     for sig in sigs:
         ms = np.array(lat[sig]) * 1e3
         result[sig] = {"batch1_p50_ms": float(np.percentile(ms, 50)), "batch1_p99_ms": float(np.percentile(ms, 99)),
