@@ -333,7 +333,7 @@ def mlp_baseline(examples: str, test_mels: np.ndarray, truth: np.ndarray, epochs
 
 
 # Fields whose default is not what runs trained before the field existed did: the value that is.
-PREDATED = {"model.conv_blocks": 0}
+PREDATED = {"model.conv_blocks": 0, "ensemble_size": 1}
 
 
 def config_changes(out: str, preset: str, overrides: str, epochs: int, seed: int) -> list[str]:

@@ -423,7 +423,8 @@ def render(f: dict) -> str:
         members = r.get("members") or []
         ensemble = (f"An ensemble of {len(members)} models (seeds {', '.join(_e(m.get('seed')) for m in members)}; "
                     f"the chart and the best epoch are the first one's): " if members else "")
-        parts.append(f"<p>{ensemble}{_e(r.get('epochs_run'))} epochs in {_fmt(r.get('train_seconds'), 0)} s"
+        epochs = " + ".join(_e(m.get("epochs_run")) for m in members) or _e(r.get("epochs_run"))
+        parts.append(f"<p>{ensemble}{epochs} epochs in {_fmt(r.get('train_seconds'), 0)} s"
                      + (f"; best eval lwlrap {max(val):.4f} at epoch {best}" if val else "")
                      + (f"; eval lwlrap of the kept model {_fmt(r.get('eval_lwlrap'))}" if r.get("eval_lwlrap") is not None else "")
                      + "</p>")

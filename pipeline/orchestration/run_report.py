@@ -220,7 +220,8 @@ def describe(run: ComponentRun) -> str:
             if os.path.exists(path):
                 with open(path) as f:
                     r = json.load(f)
-                return r.get("summary") or f"eval lwlrap {r['eval_lwlrap']:.4f}"   # "summary": since 2026-12-06
+                from pipeline.training.train import summary_line
+                return summary_line(r)
         if run.component == "Evaluator" and first("blessing") is not None:
             return _evaluator(run.execution, first("evaluation"), first("blessing"))
         if run.component == "Pusher" and first("pushed_model") is not None:

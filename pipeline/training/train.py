@@ -352,7 +352,8 @@ def _dataset(job: TrainJob, files: list[str], training: bool, global_batch: int,
 
 
 def summary_line(results: dict) -> str:
-    """One line for the log and the pipeline's summary: an ensemble's epochs member by member."""
+    """One line of a results.json for the log and the pipeline's summary (an ensemble's epochs member
+    by member)."""
     members = results.get("members") or []
     epochs = " + ".join(str(m["epochs_run"]) for m in members) or str(results["epochs_run"])
     who = f"{len(members)} members, " if members else ""
@@ -417,10 +418,9 @@ def _train(job: TrainJob, scratch: str | None) -> dict:
         results["export_path"] = path if chief else None
     results["weights_sha256"] = resume.weights_digest(model)   # equal on every worker (synchronous all-reduce)
     if chief:
-        results["summary"] = summary_line(results)
         with open(os.path.join(job.work_dir, "results.json"), "w") as f:
             json.dump(results, f, indent=1, default=float)
-        log.info("%s%s", results["summary"], f"; exported {results['export_path']}" if job.export_base else "")
+        log.info("%s%s", summary_line(results), f"; exported {results['export_path']}" if job.export_base else "")
     for fit in fits:      # only now: a crash before this point resumes from the backups, export included
         fit.backup.delete()
     root = job.backup_root

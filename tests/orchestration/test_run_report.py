@@ -108,6 +108,6 @@ def test_the_training_section_says_when_the_model_is_an_ensemble_and_whose_curve
                  members=[{"seed": s, "epochs_run": 2} for s in (5, 6, 7)])
     page = lambda r: report_html.render({"pipeline": "p", "run": "r", "components": [], "problems": [],  # noqa: E731
                                          "training": {"history": history, "results": r}})
-    assert ("<p>An ensemble of 3 models (seeds 5, 6, 7; the chart and the best epoch are the first one's): 6 epochs "
+    assert ("<p>An ensemble of 3 models (seeds 5, 6, 7; the chart and the best epoch are the first one's): 2 + 2 + 2 epochs "
             "in 30 s; best eval lwlrap 0.6000 at epoch 2; eval lwlrap of the kept model 0.6500</p>") in page(three)
     assert "<p>2 epochs in 10 s; best eval lwlrap 0.6000 at epoch 2" in page(one) and "ensemble" not in page(one)

@@ -69,8 +69,8 @@ def test_members_are_single_runs_of_their_seeds_and_the_export_serves_their_mean
     got = _served_scores(res["export_path"], recs)
     np.testing.assert_allclose(got, expected, rtol=0, atol=2e-5)
     assert res["epochs_run"] == 6 and res["resumed"] is None
-    assert res["summary"].startswith(f"eval lwlrap {res['eval_lwlrap']:.4f} after 2 + 2 + 2 epochs (3 members, ")
-    assert members[0]["summary"].startswith(f"eval lwlrap {members[0]['eval_lwlrap']:.4f} after 2 epochs (")
+    assert train.summary_line(res).startswith(f"eval lwlrap {res['eval_lwlrap']:.4f} after 2 + 2 + 2 epochs (3 members, ")
+    assert train.summary_line(members[0]).startswith(f"eval lwlrap {members[0]['eval_lwlrap']:.4f} after 2 epochs (")
     n_eval = len(train_examples.records["eval"])
     truth = np.zeros((n_eval, 80))
     for i, r in enumerate(train_examples.records["eval"]):
