@@ -165,3 +165,12 @@ def test_a_serving_config_the_models_own_warmup_breaks_is_refused(text, message)
                                   "warmup_requests: 0 max_request_seconds: 1"])
 def test_serving_configs_at_the_edge_are_accepted(text):
     config.validate_serving(config.serving_config(text), config.feature_config("seed"))
+
+
+def test_the_default_trainer_is_two_members_without_early_stopping_and_the_other_presets_one_model():
+    """bench/README.md round six measured this default; the kernel's recipe and the tests' keep one model."""
+    d = config.trainer_config("default")
+    assert (d.ensemble_size, d.early_stopping_patience, d.epochs) == (2, 0, 30)
+    assert [(config.trainer_config(p).ensemble_size, config.trainer_config(p).early_stopping_patience)
+            for p in ("seed", "small")] == [(1, 10), (1, 0)]
+    assert config.trainer_config("default", "ensemble_size: 1").ensemble_size == 1
